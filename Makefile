@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each builds .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; override for a GPU build, e.g. `make demo TORCH_SPEC=torch==2.13.0+cu126`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rcan show --out demo/scene_domains.png
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check rcan tests benchmarks
+	$(PY) -m pytest -n 2 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rcan tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_env.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,337 @@
+"""``rcan/Grasp-v0``: closed-loop, vision-based bin grasping as in QT-Opt and RCAN (paper 4.3, 5.1).
+
+Task. Five objects (procedural shapes and realistic meshes from ``pybullet_data``, a fixed train/test
+split) are dropped into a tray whose divider is placed at random. A two-finger gripper starts above the
+tray; at each of at most ``max_steps`` (20) steps the agent moves it and opens or closes it. When the agent
+terminates, or the step limit is reached, the gripper lifts; the episode is a success if an object is then
+held above ``success_height`` (object's lowest point, metres above the tray bottom).
+
+Observation (dict): ``image`` uint8 HxWx3 from a fixed over-the-shoulder camera in the env's visual
+domain; ``gripper_closed`` 0/1; ``gripper_height`` (1,) float32, fingertips above the tray bottom (m).
+
+Action: Box(-1, 1, (6,)) = (dx, dy, dz, dyaw, gripper, terminate); displacements scale to
+``max_translation`` metres and ``max_rotation`` radians per step; gripper > 0 closes, <= 0 opens;
+terminate > 0 ends the episode. Reward: -0.05 per step, +1 on success at the last step.
+``terminated`` is True at the end whichever way it came (the lift and its outcome are the episode's
+terminal event; time is not observed). ``info["is_success"]`` on the last step.
+
+Randomness: the physics (objects, divider, start pose) comes from ``self.np_random``; looks come from
+separate generators derived per episode, so the visual domain and any rendering never change the
+physics. Randomizations per domain: see ``rcan.sim.domains``. Per-episode looks by default
+(``restyle_every_step=True`` draws a new look every step, as the paper does for RCAN's data).
+
+Rendering costs: ``render()`` returns the current observation image; ``render_pair()`` returns a
+randomized frame and its canonical twin with depth and segmentation, without changing the simulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rcan.sim.arm import ARM_SCALES, KinematicArm
+from rcan.sim.bullet import new_client
+from rcan.sim.domains import BANK, DOMAINS, PHOTO, FrameStyle, canonical_twin, sample_style
+from rcan.sim.objects import ObjectSpec, catalogue, load_object
+from rcan.sim.renderer import CameraConfig, Renderer
+from rcan.sim.scene import Cell, CellConfig
+from rcan.sim.textures import ImageFolderTextures, PhotoTextures, ProceduralTextures, TextureSource
+
+OBJECT_SPLITS = ("train", "test")
+OBJECT_FAMILIES = ("procedural", "realistic", "mixed")
+
+
+class GraspEnv(gym.Env):
+    """Bin grasping with a Kuka IIWA cell in PyBullet; see the module docstring for the full spec."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
+
+    def __init__(
+        self,
+        domain: str = "canonical",
+        image_size: int = 64,
+        object_split: str = "train",
+        object_family: str = "mixed",
+        num_objects: int = 5,
+        max_steps: int = 20,
+        texture_dir: str | None = None,
+        texture_bank_size: int = 8192,
+        texture_resolution: int = 64,
+        pair_domain: str = "heavy",
+        restyle_every_step: bool = False,
+        max_translation: float = 0.04,
+        max_rotation: float = math.radians(15.0),
+        success_height: float = 0.12,
+        substeps: int = 10,
+        time_step: float = 1.0 / 120.0,
+        render_mode: str | None = "rgb_array",
+        camera: CameraConfig | None = None,
+        cell: CellConfig | None = None,
+    ) -> None:
+        super().__init__()
+        _check_choice("domain", domain, DOMAINS)
+        _check_choice("pair_domain", pair_domain, DOMAINS)
+        _check_choice("object_split", object_split, OBJECT_SPLITS)
+        _check_choice("object_family", object_family, OBJECT_FAMILIES)
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        for name, value, low in (
+            ("image_size", image_size, 8),
+            ("num_objects", num_objects, 1),
+            ("max_steps", max_steps, 1),
+            ("substeps", substeps, 1),
+        ):
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if image_size > 1024:
+            raise ValueError(f"image_size must be <= 1024, got {image_size}")
+        self.domain, self.pair_domain = domain, pair_domain
+        self.image_size, self.num_objects, self.max_steps = int(image_size), int(num_objects), int(max_steps)
+        self.object_split, self.object_family = object_split, object_family
+        self.restyle_every_step = restyle_every_step
+        self.max_translation, self.max_rotation = float(max_translation), float(max_rotation)
+        self.success_height, self.substeps = float(success_height), int(substeps)
+        self.render_mode = render_mode
+        self.objects: list[ObjectSpec] = catalogue(object_split, object_family)
+
+        bank: TextureSource
+        if texture_dir is not None:
+            bank = ImageFolderTextures(texture_dir, resolution=texture_resolution)
+        else:
+            bank = ProceduralTextures(size=texture_bank_size, resolution=texture_resolution)
+        self.textures: dict[str, TextureSource] = {BANK: bank, PHOTO: PhotoTextures(resolution=texture_resolution)}
+
+        self.client = new_client()
+        c = self.client
+        c.setGravity(0, 0, -9.81)
+        c.setPhysicsEngineParameter(fixedTimeStep=time_step, numSolverIterations=50, deterministicOverlappingPairs=1)
+        self.cell = Cell(c, cell)
+        self.arm = KinematicArm(c)
+        self.renderer = Renderer(c, self.cell, self.arm, camera or CameraConfig(), self.textures)
+
+        s = self.image_size
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (s, s, 3), dtype=np.uint8),
+                "gripper_closed": spaces.Discrete(2),
+                "gripper_height": spaces.Box(-0.05, 1.0, (1,), dtype=np.float32),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (6,), dtype=np.float32)
+        self._style: FrameStyle | None = None
+        self._step = 0
+        self._episode_key = 0
+        self._look_rng = np.random.default_rng(0)
+        self._pair_rng = np.random.default_rng(0)
+        self.z_min, self.z_max, self.z_start = 0.005, 0.30, 0.24
+
+    # -- Gymnasium API ---------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "domain" in options:
+            self.set_domain(options["domain"])
+        rng = self.np_random
+        self._episode_key = int(rng.integers(2**62))
+        self._look_rng = np.random.default_rng([self._episode_key, 0])
+        self._pair_rng = np.random.default_rng([self._episode_key, 1])
+        self._populate(rng)
+        ix, iy = self.cell.config.tray_inner_half
+        start = np.array([rng.uniform(-0.3 * ix, 0.3 * ix), rng.uniform(-0.3 * iy, 0.3 * iy), self.z_start])
+        self.cell.gripper.teleport(start, float(rng.uniform(-math.pi / 2, math.pi / 2)))
+        self._target = start.copy()
+        self._yaw = self.cell.gripper.target_yaw
+        self._step = 0
+        self._style = self._sample_style(self.domain, self._look_rng)
+        return self._observation(), self._info()
+
+    def step(self, action: np.ndarray):
+        if self._style is None:
+            raise RuntimeError("call reset() before step()")
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (6,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be 6 finite numbers, got {action!r}")
+        a = np.clip(a, -1.0, 1.0)
+        g = self.cell.gripper
+        ix, iy = self.cell.config.tray_inner_half
+        target = self._target + a[:3] * self.max_translation
+        target[0] = np.clip(target[0], -ix + 0.01, ix - 0.01)
+        target[1] = np.clip(target[1], -iy + 0.01, iy - 0.01)
+        target[2] = np.clip(target[2], self.z_min, self.z_max)
+        yaw = float(np.clip(self._yaw + a[3] * self.max_rotation, -math.pi, math.pi))
+        for k in range(1, self.substeps + 1):
+            g.drive_towards(target, yaw, k / self.substeps)
+            self.client.stepSimulation()
+        self._target, self._yaw = target, yaw
+        close = bool(a[4] > 0)
+        if close != g.closed:
+            g.set_closed(close)
+            self._simulate(2 * self.substeps)
+        self._step += 1
+        done = bool(a[5] > 0) or self._step >= self.max_steps
+        reward = -0.05
+        info = self._info()
+        if done:
+            success = self._lift_and_check()
+            reward += float(success)
+            info["is_success"] = success
+        if self.restyle_every_step:
+            self._style = self._sample_style(self.domain, self._look_rng)
+        return self._observation(), reward, done, False, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            return None
+        if self._style is None:
+            raise RuntimeError("call reset() before render()")
+        return self.renderer.render(self._style, self.image_size).rgb
+
+    def close(self) -> None:
+        if getattr(self, "client", None) is not None:
+            self.client.disconnect()
+            self.client = None
+
+    # -- extras ----------------------------------------------------------------------------------------
+    def set_domain(self, domain: str) -> None:
+        """Change the visual domain; takes effect at the next reset."""
+        _check_choice("domain", domain, DOMAINS)
+        self.domain = domain
+
+    def render_pair(self, domain: str | None = None) -> dict[str, np.ndarray]:
+        """A freshly randomized frame and its canonical twin, with canonical depth and segmentation.
+
+        Objects keep the randomized frame's textures in the canonical frame, and the jitter of tray, arm
+        and camera is shared (paper 4.1). Draws from a per-episode generator of its own, so the physics,
+        the observations and later pairs do not depend on whether or how often this is called.
+        """
+        if self._style is None:
+            raise RuntimeError("call reset() before render_pair()")
+        domain = domain or self.pair_domain
+        _check_choice("domain", domain, DOMAINS)
+        style = self._sample_style(domain, self._pair_rng)
+        randomized = self.renderer.render(style, self.image_size).rgb
+        canon = self.renderer.render(canonical_twin(style), self.image_size, aux=True)
+        return {
+            "randomized": randomized,
+            "canonical": canon.rgb,
+            "segmentation": canon.segmentation,
+            "depth": canon.depth,
+        }
+
+    def render_style(self, style: FrameStyle, aux: bool = False):
+        """Render the current scene with an explicit style (for figures and tests)."""
+        return self.renderer.render(style, self.image_size, aux=aux)
+
+    def sample_style(self, domain: str, rng: np.random.Generator) -> FrameStyle:
+        return self._sample_style(domain, rng)
+
+    @property
+    def episode_objects(self) -> list[str]:
+        return [s.name for s in self._episode_objects]
+
+    def gripper_state(self) -> dict[str, Any]:
+        """Privileged state for scripted policies and diagnostics (not part of the observation)."""
+        g = self.cell.gripper
+        return {
+            "tool": g.tool_position(),
+            "target": self._target.copy(),
+            "yaw": self._yaw,
+            "closed": g.closed,
+            "step": self._step,
+        }
+
+    def object_positions(self) -> np.ndarray:
+        return self.cell.object_positions()
+
+    def sim_state(self) -> np.ndarray:
+        """Positions and orientations of every dynamic body plus finger joints (for determinism checks)."""
+        c = self.client
+        parts = []
+        for body in [self.cell.gripper.body, *self.cell.object_bodies]:
+            pos, orn = c.getBasePositionAndOrientation(body)
+            parts.extend(pos)
+            parts.extend(orn)
+        parts.extend(self.cell.gripper.finger_positions())
+        return np.array(parts, dtype=np.float64)
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _sample_style(self, domain: str, rng: np.random.Generator) -> FrameStyle:
+        style = sample_style(
+            domain,
+            rng,
+            n_objects=len(self.cell.object_bodies),
+            bank_size=len(self.textures[BANK]),
+            photo_size=len(self.textures[PHOTO]),
+            n_arm=self.arm.num_links,
+            n_tray_scales=len(self.cell.config.visual_scales),
+            n_arm_scales=len(ARM_SCALES),
+        )
+        if domain == "canonical" and self._style is not None and domain == self.domain:
+            # The canonical domain keeps its episode's object textures when restyled.
+            style = replace(style, objects=self._style.objects)
+        return style
+
+    def _populate(self, rng: np.random.Generator) -> None:
+        cell = self.cell
+        cell.clear_objects()
+        r = cell.config.divider_range
+        cell.place_divider(float(rng.uniform(-r, r)))
+        idx = rng.choice(len(self.objects), size=self.num_objects, replace=len(self.objects) < self.num_objects)
+        self._episode_objects = [self.objects[i] for i in idx]
+        ix, iy = cell.config.tray_inner_half
+        self.cell.gripper.teleport(np.array([0.0, 0.0, 0.6]), 0.0)
+        for k, spec in enumerate(self._episode_objects):
+            pos = [rng.uniform(-ix + 0.05, ix - 0.05), rng.uniform(-iy + 0.05, iy - 0.05), 0.05 + 0.04 * k]
+            orn = self.client.getQuaternionFromEuler(rng.uniform(-math.pi, math.pi, 3).tolist())
+            body = load_object(self.client, spec, pos, orn)
+            cell.object_bodies.append(body)
+            cell.object_names.append(spec.name)
+        self._simulate(90)
+        # Anything that bounced out of the tray goes back in at a random place.
+        for body in cell.object_bodies:
+            pos = self.client.getBasePositionAndOrientation(body)[0]
+            if not cell.inside_tray(np.asarray(pos[:2]), margin=0.01) or pos[2] < -0.005:
+                p = [rng.uniform(-ix + 0.05, ix - 0.05), rng.uniform(-iy + 0.05, iy - 0.05), 0.08]
+                self.client.resetBasePositionAndOrientation(body, p, [0, 0, 0, 1])
+                self.client.resetBaseVelocity(body, [0, 0, 0], [0, 0, 0])
+                self._simulate(30)
+
+    def _simulate(self, n: int) -> None:
+        for _ in range(n):
+            self.client.stepSimulation()
+
+    def _lift_and_check(self) -> bool:
+        g = self.cell.gripper
+        if not g.closed:
+            return False
+        start = self._target.copy()
+        top = start.copy()
+        top[2] = max(start[2], 0.3)
+        n = 6 * self.substeps
+        for k in range(1, n + 1):
+            g.drive_towards(start + (top - start) * k / n, self._yaw, 1.0)
+            self.client.stepSimulation()
+        self._simulate(self.substeps)
+        self._target = top
+        return bool(np.any(self.cell.object_min_z() > self.success_height))
+
+    def _info(self) -> dict[str, Any]:
+        """Privileged state for scripted policies and logging; never an input to a learned agent."""
+        return {"tool": self._target.astype(np.float32), "yaw": float(self._yaw), "step": self._step}
+
+    def _observation(self) -> dict[str, Any]:
+        g = self.cell.gripper
+        image = self.renderer.render(self._style, self.image_size).rgb
+        height = np.array([g.tool_position()[2]], dtype=np.float32)
+        height = np.clip(height, -0.05, 1.0)
+        return {"image": image, "gripper_closed": int(g.closed), "gripper_height": height}
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")

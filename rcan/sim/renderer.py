@@ -1,0 +1,154 @@
+"""Turns a ``FrameStyle`` into pixels with PyBullet's TinyRenderer (CPU, no display needed).
+
+Rendering only changes looks (textures, colours, which visual twin is shown, the kinematic arm's pose):
+never a body that collides, so the simulation is the same with or without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pybullet as pb
+
+from rcan.sim.arm import KinematicArm
+from rcan.sim.bullet import Client
+from rcan.sim.domains import BANK, PHOTO, FrameStyle, Look
+from rcan.sim.scene import BACKGROUND, Cell
+from rcan.sim.textures import TextureSource
+
+HIDDEN = (1.0, 1.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """A fixed over-the-shoulder camera aimed at the tray (behind and above the arm's base)."""
+
+    eye: tuple[float, float, float] = (-0.34, 0.24, 0.50)
+    target: tuple[float, float, float] = (0.035, -0.015, 0.0)
+    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    fov: float = 50.0
+    near: float = 0.05
+    far: float = 3.0
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray
+    depth: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
+
+
+class Renderer:
+    """Applies a FrameStyle to the cell and renders RGB (and optionally depth and segmentation)."""
+
+    def __init__(
+        self,
+        client: Client,
+        cell: Cell,
+        arm: KinematicArm,
+        camera: CameraConfig,
+        sources: dict[str, TextureSource],
+    ) -> None:
+        self.client, self.cell, self.arm, self.camera = client, cell, arm, camera
+        self.sources = sources
+        self._texture_ids: dict[tuple[str, int], int] = {}
+        self._proj = client.computeProjectionMatrixFOV(camera.fov, 1.0, camera.near, camera.far)
+
+    def texture_id(self, ref: tuple[str, int]) -> int:
+        """TinyRenderer texture id for (source, index), loaded from the source's PNG on first use."""
+        tid = self._texture_ids.get(ref)
+        if tid is None:
+            source = self.sources[ref[0]]
+            tid = self.client.loadTexture(str(source.path(ref[1] % len(source))))
+            self._texture_ids[ref] = tid
+        return tid
+
+    def _apply(self, body: int, link: int, look: Look) -> None:
+        tex = self.texture_id(look.texture) if look.texture is not None else -1
+        self.client.changeVisualShape(body, link, rgbaColor=list(look.rgba), textureUniqueId=tex)
+
+    def _hide(self, body: int, links: range | list[int]) -> None:
+        for link in links:
+            self.client.changeVisualShape(body, link, rgbaColor=HIDDEN)
+
+    def apply_style(self, style: FrameStyle) -> None:
+        c, cell, j = self.client, self.cell, style.jitter
+        self._apply(cell.floor_visual, -1, style.floor)
+        n_tray = len(cell.config.visual_scales)
+        tray_index = n_tray // 2 if j.tray_scale is None else j.tray_scale
+        arm_index = len(self.arm.bodies) // 2 if j.arm_scale is None else j.arm_scale
+        scale = cell.config.visual_scales[tray_index]
+        ox, oy = j.tray_offset
+        for i, (tray, div) in enumerate(zip(cell.tray_visuals, cell.divider_visuals, strict=True)):
+            if i != tray_index:
+                self._hide(tray, [-1])
+                self._hide(div, [-1])
+        tray, div = cell.tray_visuals[tray_index], cell.divider_visuals[tray_index]
+        c.resetBasePositionAndOrientation(tray, [ox, oy, 0.0], [0, 0, 0, 1])
+        hz = cell.config.divider_height / 2 * scale
+        c.resetBasePositionAndOrientation(div, [cell.divider_x * scale + ox, oy, hz], [0, 0, 0, 1])
+        self._apply(tray, -1, style.tray)
+        self._apply(div, -1, style.divider)
+        g = cell.gripper
+        for link, look in zip((-1, 0, 1), style.gripper, strict=True):
+            self._apply(g.body, link, look)
+        for body, look in zip(cell.object_bodies, style.objects, strict=True):
+            self._apply(body, -1, look)
+        # The arm: show one size, pose it to meet the palm.
+        palm, yaw = g.palm_pose()
+        palm_top = palm + np.array([0.0, 0.0, g.geometry.palm_half[2]])
+        for i, body in enumerate(self.arm.bodies):
+            if i != arm_index:
+                self._hide(body, range(-1, self.arm.num_links - 1))
+        body = self.arm.pose(arm_index, np.asarray(j.arm_offset), palm_top, yaw)
+        for link, look in zip(range(-1, self.arm.num_links - 1), style.arm, strict=False):
+            self._apply(body, link, look)
+
+    def view_matrix(self, style: FrameStyle) -> list[float]:
+        cam, j = self.camera, style.jitter
+        eye = np.add(cam.eye, j.camera_eye_offset)
+        target = np.add(cam.target, j.camera_target_offset)
+        return self.client.computeViewMatrix(eye.tolist(), target.tolist(), list(cam.up))
+
+    def render(self, style: FrameStyle, size: int, aux: bool = False) -> Frame:
+        """Render ``style`` at ``size`` x ``size``; ``aux`` adds depth (metres) and segmentation classes."""
+        self.apply_style(style)
+        L = style.light
+        flags = 0 if aux else pb.ER_NO_SEGMENTATION_MASK
+        _, _, rgba, zbuf, seg = self.client.getCameraImage(
+            size,
+            size,
+            self.view_matrix(style),
+            self._proj,
+            lightDirection=list(L.direction),
+            lightColor=list(L.color),
+            lightDistance=L.distance,
+            shadow=int(L.shadow),
+            lightAmbientCoeff=L.ambient,
+            lightDiffuseCoeff=L.diffuse,
+            lightSpecularCoeff=L.specular,
+            renderer=pb.ER_TINY_RENDERER,
+            flags=flags,
+        )
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[:, :, :3]
+        if style.effects is not None:
+            rgb = style.effects.apply(np.ascontiguousarray(rgb), np.random.default_rng(style.effects_seed))
+        frame = Frame(rgb=np.ascontiguousarray(rgb))
+        if aux:
+            z = np.asarray(zbuf, dtype=np.float32).reshape(size, size)
+            near, far = self.camera.near, self.camera.far
+            frame.depth = (far * near / (far - (far - near) * z)).astype(np.float32)
+            frame.segmentation = self._classes(np.asarray(seg, dtype=np.int64).reshape(size, size))
+        return frame
+
+    def _classes(self, body_ids: np.ndarray) -> np.ndarray:
+        lut_map = self.cell.segmentation_classes()
+        lut_map.update({b: 3 for b in self.arm.bodies})
+        lut = np.full(max(max(lut_map), int(body_ids.max(initial=0))) + 2, BACKGROUND, dtype=np.uint8)
+        for body, cls in lut_map.items():
+            lut[body] = cls
+        return lut[np.where(body_ids < 0, lut.size - 1, body_ids)]
+
+
+__all__ = ["BANK", "PHOTO", "CameraConfig", "Frame", "Renderer"]

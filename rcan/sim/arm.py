@@ -25,8 +25,9 @@ _REST = [0.0, 0.6, 0.0, -1.4, 0.0, 1.1, 0.0]
 class KinematicArm:
     """Kuka copies (one per scale) whose joints follow a target flange pose by IK."""
 
-    def __init__(self, client: Client, base: tuple[float, float, float] = ARM_BASE) -> None:
+    def __init__(self, client: Client, base: tuple[float, float, float] = ARM_BASE, ik_passes: int = 1) -> None:
         self.client = client
+        self.ik_passes = ik_passes
         self.base = np.asarray(base, dtype=float)
         urdf = str(kuka_visual_urdf())
         self.bodies: list[int] = []
@@ -49,7 +50,7 @@ class KinematicArm:
         scale = ARM_SCALES[scale_index]
         target = np.asarray(palm_top, dtype=float) + np.array([0.0, 0.0, FLANGE_LENGTH * scale])
         orn = c.getQuaternionFromEuler([math.pi, 0.0, yaw + math.pi / 2])
-        for _ in range(2):  # a second pass from the first solution tightens the fit
+        for _ in range(self.ik_passes):  # each pass restarts from the last solution, tightening the fit
             q = c.calculateInverseKinematics(
                 body,
                 EE_LINK,

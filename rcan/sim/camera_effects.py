@@ -30,11 +30,11 @@ _TRUNCATE = 3.0
 
 @functools.lru_cache(maxsize=32)
 def _radius2(height: int, width: int) -> np.ndarray:
-    """Squared distance from the image centre, normalized to 1 at the corners (float32, HxWx1)."""
+    """Squared distance from the image centre, 1 at the corners, repeated per channel: (H, W*3) float32."""
     y = (np.arange(height, dtype=np.float32) + 0.5) / height - 0.5
     x = (np.arange(width, dtype=np.float32) + 0.5) / width - 0.5
     r2 = (y[:, None] ** 2 + x[None, :] ** 2) / np.float32(0.5)
-    r2 = r2[..., None]
+    r2 = np.repeat(r2, 3, axis=1)
     r2.setflags(write=False)
     return r2
 
@@ -113,7 +113,9 @@ class CameraEffects:
     @classmethod
     def none(cls) -> CameraEffects:
         """The identity: ``apply`` returns the image unchanged."""
-        return cls(noise_std=0.0, blur_sigma=0.0, color_gain=(1.0, 1.0, 1.0), exposure=1.0, gamma=1.0, vignette=0.0)
+        return cls(
+            noise_std=0.0, blur_sigma=0.0, color_gain=(1.0, 1.0, 1.0), exposure=1.0, gamma=1.0, vignette=0.0
+        )
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> CameraEffects:
@@ -153,12 +155,17 @@ class CameraEffects:
             x = np.take(_gamma_table(self.gamma), image)
         else:
             x = image.astype(np.float32)
+        # Per-pixel maps are applied on the (H, W*3) view with full-row factors: broadcasting a
+        # length-3 or HxWx1 factor makes numpy loop over 3-element runs, several times slower.
+        rows = x.reshape(height, width * 3)
         gain = np.asarray(self.color_gain, dtype=np.float32) * np.float32(self.exposure)
         if np.any(gain != 1.0):
-            x *= gain ** np.float32(self.gamma)
-            np.minimum(x, 255.0, out=x)
+            rows *= np.tile(gain ** np.float32(self.gamma), width)
+            np.minimum(rows, 255.0, out=rows)
         if self.vignette > 0.0:
-            x *= 1.0 - np.float32(self.vignette) * _radius2(height, width)
+            falloff = _radius2(height, width) * np.float32(-self.vignette)
+            falloff += 1.0
+            rows *= falloff
         sigma = self.blur_sigma * width / 64.0
         if sigma > 0.0:
             x = gaussian_filter(x, sigma=(sigma, sigma, 0.0), mode="reflect", truncate=_TRUNCATE)

@@ -171,7 +171,7 @@ class GraspEnv(gym.Env):
         close = bool(a[4] > 0)
         if close != g.closed:
             g.set_closed(close)
-            self._simulate(2 * self.substeps)
+            self._simulate(self.substeps)  # let the fingers finish closing (or opening) in place
         self._step += 1
         done = bool(a[5] > 0) or self._step >= self.max_steps
         reward = -0.05
@@ -286,12 +286,12 @@ class GraspEnv(gym.Env):
         ix, iy = cell.config.tray_inner_half
         self.cell.gripper.teleport(np.array([0.0, 0.0, 0.6]), 0.0)
         for k, spec in enumerate(self._episode_objects):
-            pos = [rng.uniform(-ix + 0.05, ix - 0.05), rng.uniform(-iy + 0.05, iy - 0.05), 0.05 + 0.04 * k]
+            pos = [rng.uniform(-ix + 0.05, ix - 0.05), rng.uniform(-iy + 0.05, iy - 0.05), 0.04 + 0.03 * k]
             orn = self.client.getQuaternionFromEuler(rng.uniform(-math.pi, math.pi, 3).tolist())
             body = load_object(self.client, spec, pos, orn)
             cell.object_bodies.append(body)
             cell.object_names.append(spec.name)
-        self._simulate(90)
+        self._simulate(60)
         # Anything that bounced out of the tray goes back in at a random place.
         for body in cell.object_bodies:
             pos = self.client.getBasePositionAndOrientation(body)[0]
@@ -312,11 +312,11 @@ class GraspEnv(gym.Env):
         start = self._target.copy()
         top = start.copy()
         top[2] = max(start[2], 0.3)
-        n = 6 * self.substeps
+        n = 4 * self.substeps
         for k in range(1, n + 1):
             g.drive_towards(start + (top - start) * k / n, self._yaw, 1.0)
             self.client.stepSimulation()
-        self._simulate(self.substeps)
+        self._simulate(self.substeps // 2)
         self._target = top
         return bool(np.any(self.cell.object_min_z() > self.success_height))
 

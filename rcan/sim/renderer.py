@@ -69,8 +69,10 @@ class Renderer:
         self.client.changeVisualShape(body, link, rgbaColor=list(look.rgba), textureUniqueId=tex)
 
     def _hide(self, body: int, links: range | list[int]) -> None:
+        # Alpha 0 skips the colour pass; moving the body out of view also keeps it out of the shadow pass.
         for link in links:
             self.client.changeVisualShape(body, link, rgbaColor=HIDDEN)
+        self.client.resetBasePositionAndOrientation(body, [0.0, 0.0, -20.0], [0, 0, 0, 1])
 
     def apply_style(self, style: FrameStyle) -> None:
         c, cell, j = self.client, self.cell, style.jitter

@@ -26,12 +26,12 @@ CLASS_NAMES = ("background", "tray", "divider", "robot", "object")
 class CellConfig:
     """Geometry of the cell in metres. The tray's inner bottom is at z = 0 and centred on the origin."""
 
-    tray_inner_half: tuple[float, float] = (0.22, 0.17)
+    tray_inner_half: tuple[float, float] = (0.20, 0.15)
     tray_wall_height: float = 0.08
     tray_wall_thickness: float = 0.01
     divider_height: float = 0.05
     divider_thickness: float = 0.01
-    divider_range: float = 0.12
+    divider_range: float = 0.10
     """The divider sits across the tray at x ~ U(-divider_range, divider_range) each episode."""
     floor_z: float = -0.01
     visual_scales: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03, 1.06)
@@ -65,21 +65,22 @@ class Cell:
         self.config = cfg = config or CellConfig()
         c = client
         # -- physics (collision only, invisible) -------------------------------------------------------
+        # TinyRenderer draws a body's collision shapes when it has no visual shape, and its shadow pass
+        # ignores alpha: so physics bodies get a speck of a visual far below the floor, hidden.
+        speck = c.createVisualShape(pb.GEOM_SPHERE, radius=1e-3, visualFramePosition=[0, 0, -20.0])
         plane = c.createCollisionShape(pb.GEOM_PLANE)
-        self.floor_body = c.createMultiBody(0, plane, -1, [0, 0, cfg.floor_z])
+        self.floor_body = c.createMultiBody(0, plane, speck, [0, 0, cfg.floor_z])
         boxes = _tray_boxes(cfg)
         tray_col = c.createCollisionShapeArray(
             shapeTypes=[pb.GEOM_BOX] * len(boxes),
             halfExtents=[b[0] for b in boxes],
             collisionFramePositions=[b[1] for b in boxes],
         )
-        self.tray_body = c.createMultiBody(0, tray_col, -1, [0, 0, 0])
+        self.tray_body = c.createMultiBody(0, tray_col, speck, [0, 0, 0])
         div_col = c.createCollisionShape(pb.GEOM_BOX, halfExtents=_divider_half(cfg))
-        self.divider_body = c.createMultiBody(0, div_col, -1, [0, 0, cfg.divider_height / 2])
+        self.divider_body = c.createMultiBody(0, div_col, speck, [0, 0, cfg.divider_height / 2])
         for body in (self.floor_body, self.tray_body, self.divider_body):
             c.changeDynamics(body, -1, lateralFriction=0.6)
-            # TinyRenderer draws a body's collision shapes when it has no visual shape: hide them
-            # (alpha 0 is skipped), the camera sees the visual twins below.
             c.changeVisualShape(body, -1, rgbaColor=[1, 1, 1, 0])
         # -- looks (visual only, no collision) ---------------------------------------------------------
         floor_vis = c.createVisualShape(pb.GEOM_BOX, halfExtents=[0.9, 0.9, 0.005])

@@ -18,7 +18,7 @@ class ScriptedGraspPolicy:
     def __init__(
         self,
         rng: np.random.Generator,
-        tray_half: tuple[float, float] = (0.22, 0.17),
+        tray_half: tuple[float, float] = (0.20, 0.15),
         max_translation: float = 0.04,
         max_rotation: float = math.radians(15.0),
         noise: float = 0.05,

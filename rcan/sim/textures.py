@@ -416,7 +416,8 @@ def _square_rgb(im: Image.Image, resolution: int, box: tuple[int, int, int, int]
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
         box = (left, top, left + s, top + s)
-    im = im.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
+    # Crop first: resizing with ``box=`` would let the filter reach pixels outside the crop.
+    im = im.crop(box).resize((resolution, resolution), Image.Resampling.LANCZOS)
     return np.array(im, dtype=np.uint8)
 
 

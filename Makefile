@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check rcan tests benchmarks
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rcan tests benchmarks

@@ -50,6 +50,8 @@ class KinematicArm:
         scale = ARM_SCALES[scale_index]
         target = np.asarray(palm_top, dtype=float) + np.array([0.0, 0.0, FLANGE_LENGTH * scale])
         orn = c.getQuaternionFromEuler([math.pi, 0.0, yaw + math.pi / 2])
+        for j, q0 in enumerate(_REST):  # start IK from the same pose every time: history-free frames
+            c.resetJointState(body, j, q0)
         for _ in range(self.ik_passes):  # each pass restarts from the last solution, tightening the fit
             q = c.calculateInverseKinematics(
                 body,

@@ -21,11 +21,11 @@ from rcan.sim.bullet import Client
 
 @dataclass(frozen=True)
 class GripperGeometry:
-    """Dimensions in metres; defaults give a 9 cm opening for ~4-8 cm objects."""
+    """Dimensions in metres; defaults give an 11 cm opening for ~4-10 cm objects."""
 
-    palm_half: tuple[float, float, float] = (0.02, 0.06, 0.012)
+    palm_half: tuple[float, float, float] = (0.02, 0.07, 0.012)
     finger_half: tuple[float, float, float] = (0.011, 0.006, 0.035)
-    max_opening: float = 0.09
+    max_opening: float = 0.11
     palm_mass: float = 0.6
     finger_mass: float = 0.05
     finger_friction: float = 1.5

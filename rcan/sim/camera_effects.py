@@ -151,7 +151,7 @@ class CameraEffects:
         +-25% exposure, a slightly non-linear tone curve and up to 35% corner fall-off."""
         return cls(
             noise_std=float(rng.uniform(1.0, 6.0)),
-            blur_sigma=float(rng.uniform(0.0, 1.0)),
+            blur_sigma=float(rng.uniform(0.0, 0.6)),
             color_gain=tuple(float(g) for g in rng.uniform(0.9, 1.1, size=3)),
             exposure=float(math.exp(rng.uniform(math.log(0.8), math.log(1.25)))),
             gamma=float(rng.uniform(0.85, 1.15)),

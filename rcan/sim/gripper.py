@@ -75,6 +75,7 @@ class Gripper:
             client.changeDynamics(self.body, joint, lateralFriction=g.finger_friction, spinningFriction=0.002)
             client.changeDynamics(self.body, joint, jointLowerLimit=0.0, jointUpperLimit=g.finger_travel)
         client.changeDynamics(self.body, -1, lateralFriction=g.finger_friction)
+
         self.constraint = client.createConstraint(
             self.body, -1, -1, -1, pb.JOINT_FIXED, [0, 0, 0], [0, 0, 0], [0, 0, 1.0]
         )

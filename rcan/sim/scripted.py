@@ -23,11 +23,12 @@ class ScriptedGraspPolicy:
         max_rotation: float = math.radians(15.0),
         noise: float = 0.05,
         margin: float = 0.03,
+        hover: float = 0.10,
     ) -> None:
         self.rng = rng
         self.tray_half = tray_half
         self.max_translation, self.max_rotation = max_translation, max_rotation
-        self.noise, self.margin = noise, margin
+        self.noise, self.margin, self.hover = noise, margin, hover
         self.goal = np.zeros(2)
         self.goal_yaw = 0.0
         self.phase = "move"
@@ -46,13 +47,16 @@ class ScriptedGraspPolicy:
         a[4] = -1.0
         a[5] = -1.0
         if self.phase == "move":
+            # Travel and descend at once, but stay above the objects until over the goal.
             d = (self.goal - tool[:2]) / self.max_translation
             a[:2] = np.clip(d, -1, 1)
+            a[2] = np.clip((self.hover - tool[2]) / self.max_translation, -1, 1)
             a[3] = np.clip((self.goal_yaw - yaw) / self.max_rotation, -1, 1)
             if np.all(np.abs(d) <= 1.0):
                 self.phase = "descend"
         elif self.phase == "descend":
             a[2] = -1.0
+            a[3] = np.clip((self.goal_yaw - yaw) / self.max_rotation, -1, 1)
             if float(obs["gripper_height"][0]) <= 0.045:
                 self.phase = "close"
         elif self.phase == "close":
@@ -65,3 +69,16 @@ class ScriptedGraspPolicy:
             a[4], a[5] = 1.0, 1.0
         a[:4] += self.rng.normal(0.0, self.noise, 4).astype(np.float32)
         return np.clip(a, -1.0, 1.0)
+
+
+def oracle_grasp(cell, body: int) -> tuple[np.ndarray, float]:
+    """A privileged aim at object ``body``: its bounding-box centre, with the fingers closing parallel
+    to the nearest wall or the divider, so they do not land on it. For physics checks and baselines."""
+    lo, hi = (np.asarray(v) for v in cell.client.getAABB(body))
+    xy = (lo[:2] + hi[:2]) / 2
+    ix, iy = cell.config.tray_inner_half
+    to_x_obstacle = min(ix - abs(xy[0]), abs(xy[0] - cell.divider_x))
+    to_y_wall = iy - abs(xy[1])
+    # yaw 0 closes along world y (fingers side by side in y), which suits walls/divider that run along y.
+    yaw = 0.0 if to_x_obstacle < to_y_wall else math.pi / 2
+    return xy, yaw

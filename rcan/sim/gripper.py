@@ -23,13 +23,13 @@ from rcan.sim.bullet import Client
 class GripperGeometry:
     """Dimensions in metres; defaults give an 11 cm opening for ~4-10 cm objects."""
 
-    palm_half: tuple[float, float, float] = (0.02, 0.07, 0.012)
+    palm_half: tuple[float, float, float] = (0.02, 0.055, 0.012)
     finger_half: tuple[float, float, float] = (0.011, 0.006, 0.035)
-    max_opening: float = 0.11
+    max_opening: float = 0.095
     palm_mass: float = 0.6
     finger_mass: float = 0.05
-    finger_friction: float = 1.5
-    finger_force: float = 40.0
+    finger_friction: float = 2.0
+    finger_force: float = 100.0
     finger_speed: float = 0.6
     drive_force: float = 400.0
 

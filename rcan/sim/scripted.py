@@ -22,7 +22,7 @@ class ScriptedGraspPolicy:
         max_translation: float = 0.04,
         max_rotation: float = math.radians(15.0),
         noise: float = 0.05,
-        margin: float = 0.03,
+        margin: float = 0.05,
         hover: float = 0.10,
     ) -> None:
         self.rng = rng
@@ -32,6 +32,7 @@ class ScriptedGraspPolicy:
         self.goal = np.zeros(2)
         self.goal_yaw = 0.0
         self.phase = "move"
+        self._last_height = math.inf
 
     def reset(self, info: dict) -> None:
         ix, iy = self.tray_half
@@ -39,6 +40,7 @@ class ScriptedGraspPolicy:
         self.goal = self.rng.uniform([-ix + m, -iy + m], [ix - m, iy - m])
         self.goal_yaw = float(self.rng.uniform(-math.pi / 2, math.pi / 2))
         self.phase = "move"
+        self._last_height = math.inf
 
     def act(self, obs: dict, info: dict) -> np.ndarray:
         tool = np.asarray(info["tool"], dtype=float)
@@ -57,8 +59,11 @@ class ScriptedGraspPolicy:
         elif self.phase == "descend":
             a[2] = -1.0
             a[3] = np.clip((self.goal_yaw - yaw) / self.max_rotation, -1, 1)
-            if float(obs["gripper_height"][0]) <= 0.045:
+            height = float(obs["gripper_height"][0])
+            # Close at the bottom, or where the fingers came to rest on something.
+            if height <= 0.045 or height > self._last_height - 0.005:
                 self.phase = "close"
+            self._last_height = height
         elif self.phase == "close":
             a[4] = 1.0
             self.phase = "lift"

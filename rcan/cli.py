@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--texture-dir", default=None, help="folder of PNG/JPEG textures for randomized domains")
     p.set_defaults(func=_cmd_show)
+
+    from rcan.adapt import apply_commands
+    from rcan.adapt import commands as adapt_commands
+    from rcan.data import commands as data_commands
+
+    data_commands.register(sub)
+    adapt_commands.register(sub)
+    apply_commands.register(sub)
     return parser
 
 

@@ -6,18 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rcan.common.images import colour_depth, colour_segmentation
 from rcan.sim.domains import DOMAINS, canonical_twin
 from rcan.sim.grasp_env import GraspEnv
 from rcan.sim.scene import CLASS_NAMES
-
-SEG_COLOURS = np.array(
-    [[40, 40, 40], [200, 200, 190], [240, 150, 40], [60, 120, 230], [230, 60, 90]], dtype=np.uint8
-)
-
-
-def colour_segmentation(seg: np.ndarray) -> np.ndarray:
-    """Segmentation classes (HxW uint8) to a fixed colour per class (HxWx3 uint8)."""
-    return SEG_COLOURS[np.clip(seg, 0, len(SEG_COLOURS) - 1)]
 
 
 def scene_panels(
@@ -36,10 +28,7 @@ def scene_panels(
             panels.append((domain, env.render_style(styles[domain]).rgb))
         aux = env.render_style(canonical_twin(styles["heavy"]), aux=True)
         panels.append(("segmentation", colour_segmentation(aux.segmentation)))
-        depth = aux.depth
-        lo, hi = np.percentile(depth, [1, 99])
-        grey = (255 * np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1)).astype(np.uint8)
-        panels.append(("depth", np.repeat(grey[:, :, None], 3, axis=2)))
+        panels.append(("depth", colour_depth(aux.depth)))
         return panels
     finally:
         env.close()

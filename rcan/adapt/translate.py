@@ -1,0 +1,59 @@
+"""``rcan translate``: any user image (a real camera frame, a randomized render) -> the canonical look.
+
+Each input is centre-cropped to a square and resized to the generator's input size; for ``NAME.ext``
+the output folder gets ``NAME_canonical.png`` (RGB), ``NAME_segmentation.png`` (class ids 0-4 as pixel
+values), ``NAME_segmentation_colour.png``, ``NAME_depth.png`` (16-bit, millimetres) and
+``NAME_depth_colour.png``. Unreadable inputs are reported and skipped; the rest still go through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rcan.adapt.inference import load_generator, translate_batch
+from rcan.common.images import colour_depth, colour_segmentation, find_images, load_square_rgb, save_png
+
+
+@dataclass
+class TranslateReport:
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def translate_paths(inputs: list[str], generator: str, out: str | Path, batch_size: int = 32) -> TranslateReport:
+    """Translate every image among ``inputs`` (files or folders) with the generator at ``generator``."""
+    model, config = load_generator(generator)
+    size = config.image_size
+    paths, failed = find_images(inputs)
+    report = TranslateReport(failed=list(failed))
+    out = Path(out)
+    stems: dict[str, int] = {}
+    for start in range(0, len(paths), batch_size):
+        chunk, images = [], []
+        for p in paths[start : start + batch_size]:
+            try:
+                images.append(load_square_rgb(p, size))
+                chunk.append(p)
+            except ValueError as err:
+                report.failed.append((str(p), str(err)))
+        if not images:
+            continue
+        result = translate_batch(model, np.stack(images))
+        for k, p in enumerate(chunk):
+            stem = p.stem
+            stems[stem] = stems.get(stem, 0) + 1
+            if stems[stem] > 1:  # same name in two folders: keep both
+                stem = f"{stem}_{stems[stem]}"
+            seg, depth = result["segmentation"][k], result["depth"][k]
+            depth_mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
+            report.written += [
+                save_png(out / f"{stem}_canonical.png", result["rgb"][k]),
+                save_png(out / f"{stem}_segmentation.png", seg),
+                save_png(out / f"{stem}_segmentation_colour.png", colour_segmentation(seg)),
+                save_png(out / f"{stem}_depth.png", depth_mm),
+                save_png(out / f"{stem}_depth_colour.png", colour_depth(depth)),
+            ]
+    return report

@@ -1,0 +1,70 @@
+"""Reading user images, colour-coding masks and depth, and writing PNGs atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SEG_COLOURS = np.array(
+    [[40, 40, 40], [200, 200, 190], [240, 150, 40], [60, 120, 230], [230, 60, 90]], dtype=np.uint8
+)
+
+
+def colour_segmentation(seg: np.ndarray) -> np.ndarray:
+    """Class ids (..., H, W) uint8 -> a fixed colour per class (..., H, W, 3) uint8."""
+    return SEG_COLOURS[np.clip(seg, 0, len(SEG_COLOURS) - 1)]
+
+
+def colour_depth(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Depth (H, W) metres -> grey (H, W, 3) uint8, near = bright; range from percentiles unless given."""
+    lo = float(np.percentile(depth, 1)) if lo is None else lo
+    hi = float(np.percentile(depth, 99)) if hi is None else hi
+    grey = 255 * (1.0 - np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1))
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files and folders (PNG/JPEG directly inside) into image paths; missing paths are reported."""
+    found: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                missing.append((item, "folder has no PNG/JPEG images"))
+            found.extend(files)
+        elif p.is_file():
+            found.append(p)
+        else:
+            missing.append((item, "no such file or folder"))
+    return found, missing
+
+
+def load_square_rgb(path: Path, size: int) -> np.ndarray:
+    """Load any PNG/JPEG as RGB, centre-crop to a square and resize to ``size`` (what the model takes).
+
+    Raises ``ValueError`` with the reason for a file that is not a readable image."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"not a readable image ({type(err).__name__}: {err})") from None
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    """Write a PNG atomically (temp file + rename): a kill never leaves a half-written image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.png")
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+    return path

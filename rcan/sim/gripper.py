@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pybullet as pb
 
-from rcan.sim.bullet import Client
+from rcan.sim.bullet import Client, pb
 
 
 @dataclass(frozen=True)

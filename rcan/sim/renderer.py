@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pybullet as pb
 
 from rcan.sim.arm import KinematicArm
-from rcan.sim.bullet import Client
+from rcan.sim.bullet import Client, pb
 from rcan.sim.domains import BANK, PHOTO, FrameStyle, Look
 from rcan.sim.scene import BACKGROUND, Cell
 from rcan.sim.textures import TextureSource
@@ -72,7 +71,7 @@ class Renderer:
         # Alpha 0 skips the colour pass; moving the body out of view also keeps it out of the shadow pass.
         for link in links:
             self.client.changeVisualShape(body, link, rgbaColor=HIDDEN)
-        self.client.resetBasePositionAndOrientation(body, [0.0, 0.0, -20.0], [0, 0, 0, 1])
+        self.client.resetBasePositionAndOrientation(body, [0.0, 0.0, -1000.0], [0, 0, 0, 1])
 
     def apply_style(self, style: FrameStyle) -> None:
         c, cell, j = self.client, self.cell, style.jitter

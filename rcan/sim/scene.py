@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pybullet as pb
 
-from rcan.sim.bullet import Client
+from rcan.sim.bullet import Client, pb
 from rcan.sim.gripper import Gripper, GripperGeometry
 
 # Segmentation classes (the paper's five).

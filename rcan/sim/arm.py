@@ -1,9 +1,10 @@
-"""The Kuka IIWA arm, posed kinematically to follow the floating gripper, for the camera only.
+"""The Kuka IIWA arm, posed kinematically to follow the gripper, for the camera only.
 
-The arm never collides (its URDF has no collision shapes and its collision filter is off) and its joints
-are set by inverse kinematics just before a frame is rendered, so it cannot change the simulation. A few
-copies at different sizes are loaded once; a renderer shows one (the paper's arm size jitter) and hides
-the others (alpha 0, which TinyRenderer skips at no cost).
+It lives on the render-only stage (never simulated). Its joints are set by inverse kinematics just before
+a frame is rendered, from the same rest pose every time, so a frame never depends on what was rendered
+before. Size jitter (paper 4.1) reloads the arm at another ``globalScaling`` (~2 ms) rather than keeping
+hidden copies: TinyRenderer's shadow pass draws every triangle in the scene, hidden or not (~1 ms per
+extra arm copy per frame at 64x64).
 """
 
 from __future__ import annotations
@@ -20,51 +21,59 @@ ARM_BASE = (-0.62, 0.0, -0.01)
 EE_LINK = 6
 FLANGE_LENGTH = 0.045  # from the link-7 frame to the flange face where the gripper's palm is mounted
 _REST = [0.0, 0.6, 0.0, -1.4, 0.0, 1.1, 0.0]
+_LOWER = [-2.96, -2.09, -2.96, -2.09, -2.96, -2.09, -3.05]
+_UPPER = [2.96, 2.09, 2.96, 2.09, 2.96, 2.09, 3.05]
 
 
 class KinematicArm:
-    """Kuka copies (one per scale) whose joints follow a target flange pose by IK."""
+    """One visual-only Kuka whose joints follow a target flange pose by IK."""
 
-    def __init__(self, client: Client, base: tuple[float, float, float] = ARM_BASE, ik_passes: int = 1) -> None:
+    def __init__(self, client: Client, base: tuple[float, float, float] = ARM_BASE, ik_iterations: int = 40) -> None:
         self.client = client
-        self.ik_passes = ik_passes
         self.base = np.asarray(base, dtype=float)
-        urdf = str(kuka_visual_urdf())
-        self.bodies: list[int] = []
-        for s in ARM_SCALES:
-            body = client.loadURDF(urdf, self.base.tolist(), [0, 0, 0, 1], useFixedBase=True, globalScaling=s)
-            for link in range(-1, client.getNumJoints(body)):
-                client.setCollisionFilterGroupMask(body, link, 0, 0)
-            for j, q in enumerate(_REST):
-                client.resetJointState(body, j, q)
-            self.bodies.append(body)
-        self.num_links = client.getNumJoints(self.bodies[0]) + 1  # base + one per joint
-        self.lower = [-2.96, -2.09, -2.96, -2.09, -2.96, -2.09, -3.05]
-        self.upper = [2.96, 2.09, 2.96, 2.09, 2.96, 2.09, 3.05]
+        self.ik_iterations = ik_iterations
+        self._urdf = str(kuka_visual_urdf())
+        self.body = -1
+        self.scale = 0.0
+        self._last_pose: tuple | None = None
+        self._load(1.0)
+        self.num_links = client.getNumJoints(self.body) + 1  # base + one per joint
+
+    def _load(self, scale: float) -> None:
+        c = self.client
+        if self.body >= 0:
+            c.removeBody(self.body)
+        self.body = c.loadURDF(self._urdf, self.base.tolist(), [0, 0, 0, 1], useFixedBase=True, globalScaling=scale)
+        self.scale = scale
+        self._last_pose = None
 
     def pose(self, scale_index: int, offset: np.ndarray, palm_top: np.ndarray, yaw: float) -> int:
-        """Place copy ``scale_index`` at the jittered base and solve IK so its flange meets the palm."""
-        body = self.bodies[scale_index]
-        c = self.client
-        c.resetBasePositionAndOrientation(body, (self.base + offset).tolist(), [0, 0, 0, 1])
+        """Show the arm at size ``ARM_SCALES[scale_index]`` from a jittered base, flange on the palm."""
         scale = ARM_SCALES[scale_index]
+        if scale != self.scale:
+            self._load(scale)
+        key = (scale, tuple(np.round(offset, 9)), tuple(np.round(palm_top, 9)), round(yaw, 9))
+        if key == self._last_pose:  # e.g. the canonical twin of a randomized frame: same pose
+            return self.body
+        c, body = self.client, self.body
+        c.resetBasePositionAndOrientation(body, (self.base + offset).tolist(), [0, 0, 0, 1])
         target = np.asarray(palm_top, dtype=float) + np.array([0.0, 0.0, FLANGE_LENGTH * scale])
         orn = c.getQuaternionFromEuler([math.pi, 0.0, yaw + math.pi / 2])
         for j, q0 in enumerate(_REST):  # start IK from the same pose every time: history-free frames
             c.resetJointState(body, j, q0)
-        for _ in range(self.ik_passes):  # each pass restarts from the last solution, tightening the fit
-            q = c.calculateInverseKinematics(
-                body,
-                EE_LINK,
-                target.tolist(),
-                orn,
-                lowerLimits=self.lower,
-                upperLimits=self.upper,
-                jointRanges=[u - lo for u, lo in zip(self.upper, self.lower, strict=True)],
-                restPoses=_REST,
-                maxNumIterations=40,
-                residualThreshold=1e-4,
-            )
-            for j in range(7):
-                c.resetJointState(body, j, q[j])
+        q = c.calculateInverseKinematics(
+            body,
+            EE_LINK,
+            target.tolist(),
+            orn,
+            lowerLimits=_LOWER,
+            upperLimits=_UPPER,
+            jointRanges=[u - lo for u, lo in zip(_UPPER, _LOWER, strict=True)],
+            restPoses=_REST,
+            maxNumIterations=self.ik_iterations,
+            residualThreshold=1e-4,
+        )
+        for j in range(7):
+            c.resetJointState(body, j, q[j])
+        self._last_pose = key
         return body

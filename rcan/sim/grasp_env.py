@@ -34,12 +34,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rcan.sim.arm import ARM_SCALES, KinematicArm
+from rcan.sim.arm import ARM_SCALES
 from rcan.sim.bullet import new_client
 from rcan.sim.domains import BANK, DOMAINS, PHOTO, FrameStyle, canonical_twin, sample_style
 from rcan.sim.objects import ObjectSpec, catalogue, load_object
 from rcan.sim.renderer import CameraConfig, Renderer
 from rcan.sim.scene import Cell, CellConfig
+from rcan.sim.stage import Stage
 from rcan.sim.textures import ImageFolderTextures, PhotoTextures, ProceduralTextures, TextureSource
 
 OBJECT_SPLITS = ("train", "test")
@@ -106,13 +107,15 @@ class GraspEnv(gym.Env):
             bank = ProceduralTextures(size=texture_bank_size, resolution=texture_resolution)
         self.textures: dict[str, TextureSource] = {BANK: bank, PHOTO: PhotoTextures(resolution=texture_resolution)}
 
+        # Two servers: the physics, and a render-only stage that copies its poses (see scene.py).
         self.client = new_client()
         c = self.client
         c.setGravity(0, 0, -9.81)
         c.setPhysicsEngineParameter(fixedTimeStep=time_step, numSolverIterations=50, deterministicOverlappingPairs=1)
         self.cell = Cell(c, cell)
-        self.arm = KinematicArm(c)
-        self.renderer = Renderer(c, self.cell, self.arm, camera or CameraConfig(), self.textures)
+        self.render_client = new_client()
+        self.stage = Stage(self.render_client, self.cell.config)
+        self.renderer = Renderer(self.stage, camera or CameraConfig(), self.textures)
 
         s = self.image_size
         self.observation_space = spaces.Dict(
@@ -189,12 +192,14 @@ class GraspEnv(gym.Env):
             return None
         if self._style is None:
             raise RuntimeError("call reset() before render()")
-        return self.renderer.render(self._style, self.image_size).rgb
+        return self._render(self._style).rgb
 
     def close(self) -> None:
-        if getattr(self, "client", None) is not None:
-            self.client.disconnect()
-            self.client = None
+        for name in ("client", "render_client"):
+            client = getattr(self, name, None)
+            if client is not None:
+                client.disconnect()
+                setattr(self, name, None)
 
     # -- extras ----------------------------------------------------------------------------------------
     def set_domain(self, domain: str) -> None:
@@ -214,8 +219,8 @@ class GraspEnv(gym.Env):
         domain = domain or self.pair_domain
         _check_choice("domain", domain, DOMAINS)
         style = self._sample_style(domain, self._pair_rng)
-        randomized = self.renderer.render(style, self.image_size).rgb
-        canon = self.renderer.render(canonical_twin(style), self.image_size, aux=True)
+        randomized = self._render(style).rgb
+        canon = self._render(canonical_twin(style), aux=True)
         return {
             "randomized": randomized,
             "canonical": canon.rgb,
@@ -225,7 +230,7 @@ class GraspEnv(gym.Env):
 
     def render_style(self, style: FrameStyle, aux: bool = False):
         """Render the current scene with an explicit style (for figures and tests)."""
-        return self.renderer.render(style, self.image_size, aux=aux)
+        return self._render(style, aux=aux)
 
     def sample_style(self, domain: str, rng: np.random.Generator) -> FrameStyle:
         return self._sample_style(domain, rng)
@@ -267,7 +272,7 @@ class GraspEnv(gym.Env):
             n_objects=len(self.cell.object_bodies),
             bank_size=len(self.textures[BANK]),
             photo_size=len(self.textures[PHOTO]),
-            n_arm=self.arm.num_links,
+            n_arm=self.stage.arm.num_links,
             n_tray_scales=len(self.cell.config.visual_scales),
             n_arm_scales=len(ARM_SCALES),
         )
@@ -291,6 +296,7 @@ class GraspEnv(gym.Env):
             body = load_object(self.client, spec, pos, orn)
             cell.object_bodies.append(body)
             cell.object_names.append(spec.name)
+        self.stage.load_objects(self._episode_objects)
         self._simulate(60)
         # Anything that bounced out of the tray goes back in at a random place.
         for body in cell.object_bodies:
@@ -320,13 +326,17 @@ class GraspEnv(gym.Env):
         self._target = top
         return bool(np.any(self.cell.object_min_z() > self.success_height))
 
+    def _render(self, style: FrameStyle, aux: bool = False):
+        self.stage.sync(self.cell)
+        return self.renderer.render(style, self.image_size, aux=aux)
+
     def _info(self) -> dict[str, Any]:
         """Privileged state for scripted policies and logging; never an input to a learned agent."""
         return {"tool": self._target.astype(np.float32), "yaw": float(self._yaw), "step": self._step}
 
     def _observation(self) -> dict[str, Any]:
         g = self.cell.gripper
-        image = self.renderer.render(self._style, self.image_size).rgb
+        image = self._render(self._style).rgb
         height = np.array([g.tool_position()[2]], dtype=np.float32)
         height = np.clip(height, -0.05, 1.0)
         return {"image": image, "gripper_closed": int(g.closed), "gripper_height": height}

@@ -20,7 +20,7 @@ from rcan.sim.bullet import Client, pb
 
 @dataclass(frozen=True)
 class GripperGeometry:
-    """Dimensions in metres; defaults give an 11 cm opening for ~4-10 cm objects."""
+    """Dimensions in metres; defaults give a 9.5 cm opening for ~3-9 cm objects."""
 
     palm_half: tuple[float, float, float] = (0.02, 0.055, 0.012)
     finger_half: tuple[float, float, float] = (0.011, 0.006, 0.035)
@@ -42,34 +42,39 @@ class GripperGeometry:
         return self.max_opening / 2
 
 
+def build_gripper_body(client: Client, g: GripperGeometry) -> int:
+    """The palm + two prismatic fingers as one multibody (also used, never simulated, as the look copy)."""
+    palm_col = client.createCollisionShape(pb.GEOM_BOX, halfExtents=g.palm_half)
+    palm_vis = client.createVisualShape(pb.GEOM_BOX, halfExtents=g.palm_half)
+    fing_col = client.createCollisionShape(pb.GEOM_BOX, halfExtents=g.finger_half)
+    fing_vis = client.createVisualShape(pb.GEOM_BOX, halfExtents=g.finger_half)
+    y_open = g.max_opening / 2 + g.finger_half[1]
+    z_f = -(g.palm_half[2] + g.finger_half[2])
+    return client.createMultiBody(
+        baseMass=g.palm_mass,
+        baseCollisionShapeIndex=palm_col,
+        baseVisualShapeIndex=palm_vis,
+        basePosition=[0, 0, 1.0],
+        linkMasses=[g.finger_mass, g.finger_mass],
+        linkCollisionShapeIndices=[fing_col, fing_col],
+        linkVisualShapeIndices=[fing_vis, fing_vis],
+        linkPositions=[[0, y_open, z_f], [0, -y_open, z_f]],
+        linkOrientations=[[0, 0, 0, 1], [0, 0, 0, 1]],
+        linkInertialFramePositions=[[0, 0, 0], [0, 0, 0]],
+        linkInertialFrameOrientations=[[0, 0, 0, 1], [0, 0, 0, 1]],
+        linkParentIndices=[0, 0],
+        linkJointTypes=[pb.JOINT_PRISMATIC, pb.JOINT_PRISMATIC],
+        linkJointAxis=[[0, -1, 0], [0, 1, 0]],
+    )
+
+
 class Gripper:
     """Palm + two prismatic fingers, moved by a fixed constraint whose target is interpolated per substep."""
 
     def __init__(self, client: Client, geometry: GripperGeometry | None = None) -> None:
         self.client = client
         self.geometry = g = geometry or GripperGeometry()
-        palm_col = client.createCollisionShape(pb.GEOM_BOX, halfExtents=g.palm_half)
-        palm_vis = client.createVisualShape(pb.GEOM_BOX, halfExtents=g.palm_half)
-        fing_col = client.createCollisionShape(pb.GEOM_BOX, halfExtents=g.finger_half)
-        fing_vis = client.createVisualShape(pb.GEOM_BOX, halfExtents=g.finger_half)
-        y_open = g.max_opening / 2 + g.finger_half[1]
-        z_f = -(g.palm_half[2] + g.finger_half[2])
-        self.body = client.createMultiBody(
-            baseMass=g.palm_mass,
-            baseCollisionShapeIndex=palm_col,
-            baseVisualShapeIndex=palm_vis,
-            basePosition=[0, 0, 1.0],
-            linkMasses=[g.finger_mass, g.finger_mass],
-            linkCollisionShapeIndices=[fing_col, fing_col],
-            linkVisualShapeIndices=[fing_vis, fing_vis],
-            linkPositions=[[0, y_open, z_f], [0, -y_open, z_f]],
-            linkOrientations=[[0, 0, 0, 1], [0, 0, 0, 1]],
-            linkInertialFramePositions=[[0, 0, 0], [0, 0, 0]],
-            linkInertialFrameOrientations=[[0, 0, 0, 1], [0, 0, 0, 1]],
-            linkParentIndices=[0, 0],
-            linkJointTypes=[pb.JOINT_PRISMATIC, pb.JOINT_PRISMATIC],
-            linkJointAxis=[[0, -1, 0], [0, 1, 0]],
-        )
+        self.body = build_gripper_body(client, g)
         for joint in (0, 1):
             client.changeDynamics(self.body, joint, lateralFriction=g.finger_friction, spinningFriction=0.002)
             client.changeDynamics(self.body, joint, jointLowerLimit=0.0, jointUpperLimit=g.finger_travel)

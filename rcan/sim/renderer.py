@@ -1,7 +1,6 @@
 """Turns a ``FrameStyle`` into pixels with PyBullet's TinyRenderer (CPU, no display needed).
 
-Rendering only changes looks (textures, colours, which visual twin is shown, the kinematic arm's pose):
-never a body that collides, so the simulation is the same with or without it.
+It draws the render-only ``Stage`` (a server of its own), so nothing done here reaches the physics.
 """
 
 from __future__ import annotations
@@ -10,10 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rcan.sim.arm import KinematicArm
-from rcan.sim.bullet import Client, pb
+from rcan.sim.arm import ARM_SCALES
+from rcan.sim.bullet import pb
 from rcan.sim.domains import BANK, PHOTO, FrameStyle, Look
-from rcan.sim.scene import BACKGROUND, Cell
+from rcan.sim.scene import BACKGROUND
+from rcan.sim.stage import Stage
 from rcan.sim.textures import TextureSource
 
 HIDDEN = (1.0, 1.0, 1.0, 0.0)
@@ -41,18 +41,11 @@ class Frame:
 class Renderer:
     """Applies a FrameStyle to the cell and renders RGB (and optionally depth and segmentation)."""
 
-    def __init__(
-        self,
-        client: Client,
-        cell: Cell,
-        arm: KinematicArm,
-        camera: CameraConfig,
-        sources: dict[str, TextureSource],
-    ) -> None:
-        self.client, self.cell, self.arm, self.camera = client, cell, arm, camera
+    def __init__(self, stage: Stage, camera: CameraConfig, sources: dict[str, TextureSource]) -> None:
+        self.stage, self.client, self.arm, self.camera = stage, stage.client, stage.arm, camera
         self.sources = sources
         self._texture_ids: dict[tuple[str, int], int] = {}
-        self._proj = client.computeProjectionMatrixFOV(camera.fov, 1.0, camera.near, camera.far)
+        self._proj = self.client.computeProjectionMatrixFOV(camera.fov, 1.0, camera.near, camera.far)
 
     def texture_id(self, ref: tuple[str, int]) -> int:
         """TinyRenderer texture id for (source, index), loaded from the source's PNG on first use."""
@@ -67,41 +60,36 @@ class Renderer:
         tex = self.texture_id(look.texture) if look.texture is not None else -1
         self.client.changeVisualShape(body, link, rgbaColor=list(look.rgba), textureUniqueId=tex)
 
-    def _hide(self, body: int, links: range | list[int]) -> None:
-        # Alpha 0 skips the colour pass; moving the body out of view also keeps it out of the shadow pass.
-        for link in links:
-            self.client.changeVisualShape(body, link, rgbaColor=HIDDEN)
+    def _hide(self, body: int) -> None:
+        # Alpha 0 skips the colour pass; the shadow pass ignores alpha, so move it far out of view too.
+        self.client.changeVisualShape(body, -1, rgbaColor=HIDDEN)
         self.client.resetBasePositionAndOrientation(body, [0.0, 0.0, -1000.0], [0, 0, 0, 1])
 
     def apply_style(self, style: FrameStyle) -> None:
-        c, cell, j = self.client, self.cell, style.jitter
-        self._apply(cell.floor_visual, -1, style.floor)
-        n_tray = len(cell.config.visual_scales)
-        tray_index = n_tray // 2 if j.tray_scale is None else j.tray_scale
-        arm_index = len(self.arm.bodies) // 2 if j.arm_scale is None else j.arm_scale
-        scale = cell.config.visual_scales[tray_index]
-        ox, oy = j.tray_offset
-        for i, (tray, div) in enumerate(zip(cell.tray_visuals, cell.divider_visuals, strict=True)):
+        c, st, j = self.client, self.stage, style.jitter
+        self._apply(st.floor, -1, style.floor)
+        scales = st.config.visual_scales
+        tray_index = len(scales) // 2 if j.tray_scale is None else j.tray_scale
+        arm_index = len(ARM_SCALES) // 2 if j.arm_scale is None else j.arm_scale
+        for i, (tray, div) in enumerate(zip(st.trays, st.dividers, strict=True)):
             if i != tray_index:
-                self._hide(tray, [-1])
-                self._hide(div, [-1])
-        tray, div = cell.tray_visuals[tray_index], cell.divider_visuals[tray_index]
+                self._hide(tray)
+                self._hide(div)
+        tray, div, scale = st.trays[tray_index], st.dividers[tray_index], scales[tray_index]
+        ox, oy = j.tray_offset
         c.resetBasePositionAndOrientation(tray, [ox, oy, 0.0], [0, 0, 0, 1])
-        hz = cell.config.divider_height / 2 * scale
-        c.resetBasePositionAndOrientation(div, [cell.divider_x * scale + ox, oy, hz], [0, 0, 0, 1])
+        hz = st.config.divider_height / 2 * scale
+        c.resetBasePositionAndOrientation(div, [st.divider_x * scale + ox, oy, hz], [0, 0, 0, 1])
         self._apply(tray, -1, style.tray)
         self._apply(div, -1, style.divider)
-        g = cell.gripper
         for link, look in zip((-1, 0, 1), style.gripper, strict=True):
-            self._apply(g.body, link, look)
-        for body, look in zip(cell.object_bodies, style.objects, strict=True):
+            self._apply(st.gripper, link, look)
+        for body, look in zip(st.objects, style.objects, strict=True):
             self._apply(body, -1, look)
-        # The arm: show one size, pose it to meet the palm.
-        palm, yaw = g.palm_pose()
-        palm_top = palm + np.array([0.0, 0.0, g.geometry.palm_half[2]])
-        for i, body in enumerate(self.arm.bodies):
-            if i != arm_index:
-                self._hide(body, range(-1, self.arm.num_links - 1))
+        # The arm: one size, posed to meet the palm.
+        pos, orn = c.getBasePositionAndOrientation(st.gripper)
+        palm_top = np.asarray(pos) + np.array([0.0, 0.0, st.config.gripper.palm_half[2]])
+        yaw = c.getEulerFromQuaternion(orn)[2]
         body = self.arm.pose(arm_index, np.asarray(j.arm_offset), palm_top, yaw)
         for link, look in zip(range(-1, self.arm.num_links - 1), style.arm, strict=False):
             self._apply(body, link, look)
@@ -144,8 +132,7 @@ class Renderer:
         return frame
 
     def _classes(self, body_ids: np.ndarray) -> np.ndarray:
-        lut_map = self.cell.segmentation_classes()
-        lut_map.update({b: 3 for b in self.arm.bodies})
+        lut_map = self.stage.segmentation_classes()
         lut = np.full(max(max(lut_map), int(body_ids.max(initial=0))) + 2, BACKGROUND, dtype=np.uint8)
         for body, cls in lut_map.items():
             lut[body] = cls

@@ -11,13 +11,17 @@ DEFAULT_GENERATOR = Path(__file__).resolve().parent.parent / "assets" / "generat
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("translate", help="turn images (real or randomized) into canonical RGB, mask and depth")
+    p = sub.add_parser(
+        "translate", help="turn images (real or randomized) into canonical RGB, mask and depth"
+    )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="PNG/JPEG files or folders of them")
     p.add_argument("--generator", default=str(DEFAULT_GENERATOR), help="run folder or generator.safetensors")
     p.add_argument("--out", required=True, help="folder for the outputs")
     p.set_defaults(func=_cmd_translate)
 
-    p = sub.add_parser("eval-generator", help="RCAN metrics on held-out heavy and real scenes + a Figure-3 grid")
+    p = sub.add_parser(
+        "eval-generator", help="RCAN metrics on held-out heavy and real scenes + a Figure-3 grid"
+    )
     p.add_argument("--generator", default=str(DEFAULT_GENERATOR), help="run folder or generator.safetensors")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md and figure3.png")
     p.add_argument("--frames", type=int, default=200, help="held-out frames per domain")

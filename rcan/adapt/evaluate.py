@@ -37,7 +37,9 @@ class HeldOut:
     depth: np.ndarray
 
 
-def held_out_scenes(domains: tuple[str, ...], frames: int, image_size: int, seed: int = EVAL_SEED) -> dict[str, HeldOut]:
+def held_out_scenes(
+    domains: tuple[str, ...], frames: int, image_size: int, seed: int = EVAL_SEED
+) -> dict[str, HeldOut]:
     """``frames`` paired frames per domain along scripted trajectories on test objects."""
     from rcan.sim.grasp_env import GraspEnv
     from rcan.sim.scripted import ScriptedGraspPolicy
@@ -84,7 +86,9 @@ def mpse(a: np.ndarray, b: np.ndarray) -> float:
     return float(mean_pairwise_squared_error(ta, tb))
 
 
-def mean_iou(pred: np.ndarray, target: np.ndarray, num_classes: int = NUM_CLASSES) -> tuple[float, list[float]]:
+def mean_iou(
+    pred: np.ndarray, target: np.ndarray, num_classes: int = NUM_CLASSES
+) -> tuple[float, list[float]]:
     """Mean IoU over the classes present in either prediction or target."""
     ious = []
     for c in range(num_classes):
@@ -117,7 +121,9 @@ def evaluate_generator(generator: str, frames: int = 200, seed: int = EVAL_SEED)
     return results
 
 
-def figure3_grid(scenes: dict[str, HeldOut], outputs: dict[str, dict[str, np.ndarray]], rows_per_domain: int = 4) -> np.ndarray:
+def figure3_grid(
+    scenes: dict[str, HeldOut], outputs: dict[str, dict[str, np.ndarray]], rows_per_domain: int = 4
+) -> np.ndarray:
     """Rows of (input | G rgb | canonical target | G mask | G depth) per domain, like the paper's Figure 3."""
     rows = []
     for domain, h in scenes.items():
@@ -126,7 +132,13 @@ def figure3_grid(scenes: dict[str, HeldOut], outputs: dict[str, dict[str, np.nda
         for i in idx:
             rows.append(
                 np.concatenate(
-                    [h.inputs[i], o["rgb"][i], h.canonical[i], colour_segmentation(o["segmentation"][i]), colour_depth(o["depth"][i])],
+                    [
+                        h.inputs[i],
+                        o["rgb"][i],
+                        h.canonical[i],
+                        colour_segmentation(o["segmentation"][i]),
+                        colour_depth(o["depth"][i]),
+                    ],
                     axis=1,
                 )
             )
@@ -156,4 +168,8 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     (out / "metrics.md").write_text(results_markdown(results) + "\n")
     grid = figure3_grid(results["_scenes"], results["_outputs"])
     grid = np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1)  # 2x nearest-neighbour, for reading
-    return {"json": out / "metrics.json", "md": out / "metrics.md", "grid": save_png(out / "figure3.png", grid)}
+    return {
+        "json": out / "metrics.json",
+        "md": out / "metrics.md",
+        "grid": save_png(out / "figure3.png", grid),
+    }

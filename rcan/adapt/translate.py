@@ -23,7 +23,9 @@ class TranslateReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def translate_paths(inputs: list[str], generator: str, out: str | Path, batch_size: int = 32) -> TranslateReport:
+def translate_paths(
+    inputs: list[str], generator: str, out: str | Path, batch_size: int = 32
+) -> TranslateReport:
     """Translate every image among ``inputs`` (files or folders) with the generator at ``generator``."""
     model, config = load_generator(generator)
     size = config.image_size

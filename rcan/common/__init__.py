@@ -1,0 +1,1 @@
+"""Helpers shared by the project's trainers (checkpoint files)."""

@@ -219,3 +219,30 @@ def test_async_vector_env():
         assert r.shape == (2,) and obs["gripper_height"].shape == (2, 1)
     finally:
         envs.close()
+
+
+def test_frames_do_not_depend_on_rendering_history():
+    """Frames are a function of the state and the style only: the same pairs come out whether or not
+    observations (and other renders, at other arm sizes) were drawn before, in a fresh env or not."""
+    import hashlib
+
+    def pairs(render_observation: bool, warm: bool) -> list[str]:
+        if warm:
+            other = GraspEnv()
+            other.reset(seed=7)
+            other.render_pair("real")
+            other.render_pair()
+            other.close()
+        env = GraspEnv(render_observation=render_observation)
+        env.reset(seed=1)
+        out = []
+        for act in _actions(3, seed=2):
+            p = env.render_pair("heavy")
+            out.append(hashlib.sha256(b"".join(p[k].tobytes() for k in sorted(p))).hexdigest())
+            env.step(act)
+        env.close()
+        return out
+
+    reference = pairs(True, False)
+    assert pairs(False, False) == reference
+    assert pairs(False, True) == reference

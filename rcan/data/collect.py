@@ -79,6 +79,8 @@ def _scripted_policy(env: GraspEnv, rng: np.random.Generator) -> Policy:
 
 #: Policy factories by name: ``factory(env, rng) -> Policy``. A learned agent can be added here.
 POLICIES: dict[str, Callable[[GraspEnv, np.random.Generator], Policy]] = {"scripted": _scripted_policy}
+#: Policies that never look at the observation image: their env skips rendering it (a frame per step).
+BLIND_POLICIES = frozenset({"scripted"})
 
 
 def make_policy(name: str, env: GraspEnv, rng: np.random.Generator) -> Policy:
@@ -207,6 +209,7 @@ def write_shard(
         object_split=config.object_split,
         texture_dir=config.texture_dir,
         pair_domain=config.domain,
+        render_observation=config.policy not in BLIND_POLICIES,
     )
     writer: ShardWriter | None = None
     try:

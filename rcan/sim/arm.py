@@ -1,10 +1,13 @@
 """The Kuka IIWA arm, posed kinematically to follow the gripper, for the camera only.
 
-It lives on the render-only stage (never simulated). Its joints are set by inverse kinematics just before
-a frame is rendered, from the same rest pose every time, so a frame never depends on what was rendered
-before. Size jitter (paper 4.1) reloads the arm at another ``globalScaling`` (~2 ms) rather than keeping
-hidden copies: TinyRenderer's shadow pass draws every triangle in the scene, hidden or not (~1 ms per
-extra arm copy per frame at 64x64).
+It lives on the render-only stage (never simulated). Size jitter (paper 4.1) reloads it at another
+``globalScaling`` (~2 ms) rather than keeping hidden copies: TinyRenderer's shadow pass draws every
+triangle in the scene, hidden or not (~1 ms per extra arm copy per frame at 64x64).
+
+The joint angles come from inverse kinematics on a separate, never-reloaded, unscaled copy in a private
+server, always started from the same rest pose: PyBullet's IK keeps per-body state that a reloaded body
+can inherit, which made frames depend on what had been rendered before. Uniform scaling about the base
+leaves joint angles unchanged, so the unscaled solution for the scaled-back target poses any size.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 
 import numpy as np
 
-from rcan.sim.bullet import Client
+from rcan.sim.bullet import Client, new_client
 from rcan.sim.meshes import kuka_visual_urdf
 
 ARM_SCALES = (0.95, 1.0, 1.05)
@@ -38,6 +41,13 @@ class KinematicArm:
         self._last_pose: tuple | None = None
         self._load(1.0)
         self.num_links = client.getNumJoints(self.body) + 1  # base + one per joint
+        self._ik = new_client()
+        self._ik_body = self._ik.loadURDF(self._urdf, self.base.tolist(), [0, 0, 0, 1], useFixedBase=True)
+
+    def close(self) -> None:
+        if self._ik is not None:
+            self._ik.disconnect()
+            self._ik = None
 
     def _load(self, scale: float) -> None:
         c = self.client
@@ -55,14 +65,15 @@ class KinematicArm:
         key = (scale, tuple(np.round(offset, 9)), tuple(np.round(palm_top, 9)), round(yaw, 9))
         if key == self._last_pose:  # e.g. the canonical twin of a randomized frame: same pose
             return self.body
-        c, body = self.client, self.body
+        c, body, ik = self.client, self.body, self._ik
         c.resetBasePositionAndOrientation(body, (self.base + offset).tolist(), [0, 0, 0, 1])
-        target = np.asarray(palm_top, dtype=float) + np.array([0.0, 0.0, FLANGE_LENGTH * scale])
-        orn = c.getQuaternionFromEuler([math.pi, 0.0, yaw + math.pi / 2])
+        flange = np.asarray(palm_top, dtype=float) + np.array([0.0, 0.0, FLANGE_LENGTH * scale])
+        target = self.base + (flange - (self.base + offset)) / scale  # the same pose for the unscaled arm
+        orn = ik.getQuaternionFromEuler([math.pi, 0.0, yaw + math.pi / 2])
         for j, q0 in enumerate(_REST):  # start IK from the same pose every time: history-free frames
-            c.resetJointState(body, j, q0)
-        q = c.calculateInverseKinematics(
-            body,
+            ik.resetJointState(self._ik_body, j, q0)
+        q = ik.calculateInverseKinematics(
+            self._ik_body,
             EE_LINK,
             target.tolist(),
             orn,

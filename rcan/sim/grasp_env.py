@@ -20,7 +20,8 @@ separate generators derived per episode, so the visual domain and any rendering 
 physics. Randomizations per domain: see ``rcan.sim.domains``. Per-episode looks by default
 (``restyle_every_step=True`` draws a new look every step, as the paper does for RCAN's data).
 
-Rendering costs: ``render()`` returns the current observation image; ``render_pair()`` returns a
+Rendering costs: ``render_observation=False`` skips the observation image (all zeros) for policies that
+never look at it, such as the scripted one while recording pairs; ``render()`` returns the current frame; ``render_pair()`` returns a
 randomized frame and its canonical twin with depth and segmentation, without changing the simulation.
 """
 
@@ -71,6 +72,7 @@ class GraspEnv(gym.Env):
         substeps: int = 10,
         time_step: float = 1.0 / 120.0,
         render_mode: str | None = "rgb_array",
+        render_observation: bool = True,
         camera: CameraConfig | None = None,
         cell: CellConfig | None = None,
     ) -> None:
@@ -98,6 +100,7 @@ class GraspEnv(gym.Env):
         self.max_translation, self.max_rotation = float(max_translation), float(max_rotation)
         self.success_height, self.substeps = float(success_height), int(substeps)
         self.render_mode = render_mode
+        self.render_observation = bool(render_observation)
         self.objects: list[ObjectSpec] = catalogue(object_split, object_family)
 
         bank: TextureSource
@@ -195,6 +198,8 @@ class GraspEnv(gym.Env):
         return self._render(self._style).rgb
 
     def close(self) -> None:
+        if getattr(self, "stage", None) is not None:
+            self.stage.close()
         for name in ("client", "render_client"):
             client = getattr(self, name, None)
             if client is not None:
@@ -336,7 +341,10 @@ class GraspEnv(gym.Env):
 
     def _observation(self) -> dict[str, Any]:
         g = self.cell.gripper
-        image = self._render(self._style).rgb
+        if self.render_observation:
+            image = self._render(self._style).rgb
+        else:  # a privileged policy that never looks (e.g. while recording pairs) saves a frame per step
+            image = np.zeros(self.observation_space["image"].shape, dtype=np.uint8)
         height = np.array([g.tool_position()[2]], dtype=np.float32)
         height = np.clip(height, -0.05, 1.0)
         return {"image": image, "gripper_closed": int(g.closed), "gripper_height": height}

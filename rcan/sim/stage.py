@@ -67,6 +67,9 @@ class Stage:
             c.resetBasePositionAndOrientation(body, pos, orn)
         self.divider_x = cell.divider_x
 
+    def close(self) -> None:
+        self.arm.close()
+
     def segmentation_classes(self) -> dict[int, int]:
         """Body unique id -> segmentation class for every body that can appear in an image."""
         lut = {self.floor: BACKGROUND, self.gripper: ROBOT, self.arm.body: ROBOT}

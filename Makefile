@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rcan show --out demo/scene_domains.png
+	$(VENV)/bin/rcan demo --out demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check rcan tests benchmarks

@@ -50,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     from rcan.adapt import apply_commands
     from rcan.adapt import commands as adapt_commands
     from rcan.data import commands as data_commands
+    from rcan.qtopt import commands as qtopt_commands
 
     data_commands.register(sub)
     adapt_commands.register(sub)
     apply_commands.register(sub)
+    qtopt_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,193 @@
+"""The trained grasping policy as an object others can use, and the agent file (``agent.safetensors``).
+
+``QTOptPolicy`` turns an env observation into the network's state (RGB, or RCAN's concat(G(x), x)) and
+picks the greedy action by CEM. The agent file holds the Q-network's weights; its metadata holds the network
+config, the input mode and the CEM settings, so ``load_agent`` needs no other file (for an ``rcan`` agent
+it also needs the generator: passed in, found beside the agent file, or at the path recorded at training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rcan.common.checkpoint import load_safetensors, save_safetensors_atomic
+from rcan.qtopt import INPUT_MODES
+from rcan.qtopt.cem import CEMConfig, cem_maximize
+from rcan.qtopt.network import QNetConfig, QNetwork
+
+AGENT_FILE = "agent.safetensors"
+AGENT_FORMAT = "rcan.qtopt_agent"
+GENERATOR_FILE = "generator.safetensors"
+
+
+def env_domain(input_mode: str) -> str:
+    """The training env's visual domain for an input mode (RCAN trains on heavy randomization)."""
+    check_input_mode(input_mode)
+    return "heavy" if input_mode == "rcan" else input_mode
+
+
+def image_channels(input_mode: str) -> int:
+    check_input_mode(input_mode)
+    return 6 if input_mode == "rcan" else 3
+
+
+def check_input_mode(input_mode: str) -> None:
+    if input_mode not in INPUT_MODES:
+        raise ValueError(f"unknown input mode {input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
+
+
+def state_images(images: np.ndarray, input_mode: str, generator: nn.Module | None = None) -> np.ndarray:
+    """Env images (N, H, W, 3) uint8 -> network images (N, C, H, W) uint8; in ``rcan`` mode the channels
+    are concat(G(x), x) (paper 4.3), translated in one batch."""
+    images = np.asarray(images)
+    if input_mode == "rcan":
+        if generator is None:
+            raise ValueError("input mode 'rcan' needs a generator")
+        from rcan.adapt.inference import translate_batch
+
+        images = np.concatenate([translate_batch(generator, images)["rgb"], images], axis=-1)
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+def obs_state(obs: Mapping[str, Any]) -> np.ndarray:
+    """The non-image state: (gripper_closed, gripper_height in metres)."""
+    return np.array(
+        [float(obs["gripper_closed"]), float(np.asarray(obs["gripper_height"]).reshape(-1)[0])], np.float32
+    )
+
+
+class QTOptPolicy:
+    """Greedy QT-Opt policy: ``reset(info)`` per episode, ``act(obs, info) -> action (6,) float32``."""
+
+    def __init__(
+        self,
+        network: QNetwork,
+        cem: CEMConfig | None = None,
+        input_mode: str = "canonical",
+        generator: nn.Module | None = None,
+        seed: int = 0,
+    ) -> None:
+        check_input_mode(input_mode)
+        if network.config.in_channels != image_channels(input_mode):
+            raise ValueError(
+                f"input mode {input_mode!r} needs a {image_channels(input_mode)}-channel network, "
+                f"got {network.config.in_channels}"
+            )
+        if input_mode == "rcan" and generator is None:
+            raise ValueError("input mode 'rcan' needs a generator (pass --generator)")
+        self.network = network.eval()
+        self.cem = cem or CEMConfig()
+        self.input_mode = input_mode
+        self.generator = generator
+        self.torch_rng = torch.Generator().manual_seed(seed)
+
+    def reset(self, info: Mapping[str, Any] | None = None) -> None:
+        """Nothing to reset (the policy is Markov); kept for the common policy interface."""
+
+    def prepare(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(network image (C, H, W) uint8, state (2,)) for one observation."""
+        return state_images(obs["image"][None], self.input_mode, self.generator)[0], obs_state(obs)
+
+    @torch.no_grad()
+    def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
+        """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate)."""
+        feats = self.network.features(torch.from_numpy(image)[None])
+        s = torch.from_numpy(state)[None]
+        a, logit = cem_maximize(
+            lambda c: self.network.head(feats, s, c), 1, self.cem, generator=self.torch_rng
+        )
+        return a[0].numpy().astype(np.float32), float(torch.sigmoid(logit[0]))
+
+    def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
+        return self.act_prepared(*self.prepare(obs))[0]
+
+
+def save_agent(
+    path: str | os.PathLike[str],
+    network: QNetwork,
+    input_mode: str,
+    cem: CEMConfig,
+    extra: Mapping[str, str] | None = None,
+) -> Path:
+    """Weights + everything needed to rebuild the policy, atomically."""
+    metadata = {
+        "format": AGENT_FORMAT,
+        "version": "1",
+        "network": network.config.to_json(),
+        "input_mode": input_mode,
+        "cem": json.dumps(cem.__dict__, sort_keys=True),
+        **(extra or {}),
+    }
+    return save_safetensors_atomic(path, network.state_dict(), metadata)
+
+
+def resolve_agent_path(path: str | os.PathLike[str]) -> Path:
+    """A run (or asset) directory means its ``agent.safetensors``; a file path is used as is."""
+    p = Path(path)
+    if p.is_dir() or not p.suffix:
+        p = p / AGENT_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no agent checkpoint at {p} (train one with 'rcan train-agent')")
+    return p
+
+
+def load_network(path: str | os.PathLike[str]) -> tuple[QNetwork, dict[str, str]]:
+    """The Q-network of an agent file (eval mode) and the file's metadata."""
+    p = resolve_agent_path(path)
+    tensors, metadata = load_safetensors(p, expect_format=AGENT_FORMAT)
+    try:
+        config = QNetConfig.from_json(metadata["network"])
+    except (KeyError, json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{p} has a broken network config ({err})") from None
+    net = QNetwork(config)
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{p}: weights do not match the stored config ({str(err).splitlines()[0]})"
+        ) from None
+    return net.eval(), metadata
+
+
+def load_agent(
+    path: str | os.PathLike[str],
+    generator: str | os.PathLike[str] | nn.Module | None = None,
+    cem: CEMConfig | None = None,
+    seed: int = 0,
+) -> QTOptPolicy:
+    """Rebuild the greedy policy from an agent file or a directory holding one."""
+    net, metadata = load_network(path)
+    mode = metadata.get("input_mode", "canonical")
+    check_input_mode(mode)
+    if cem is None:
+        try:
+            cem = CEMConfig(**json.loads(metadata["cem"])) if "cem" in metadata else CEMConfig()
+        except (TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: broken CEM config ({err})") from None
+    gen_model = None
+    if mode == "rcan":
+        gen_model = _resolve_generator(resolve_agent_path(path), generator, metadata)
+    return QTOptPolicy(net, cem, mode, gen_model, seed=seed)
+
+
+def _resolve_generator(agent: Path, generator: Any, metadata: Mapping[str, str]) -> nn.Module:
+    from rcan.adapt.inference import load_generator
+
+    if isinstance(generator, nn.Module):
+        return generator.eval()
+    if generator is not None:
+        return load_generator(generator)[0]
+    for candidate in (agent.parent / GENERATOR_FILE, metadata.get("generator")):
+        if candidate and Path(candidate).exists():
+            return load_generator(candidate)[0]
+    raise FileNotFoundError(
+        f"{agent} is an 'rcan' agent: pass --generator, or put {GENERATOR_FILE} beside the agent file"
+    )

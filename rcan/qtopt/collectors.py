@@ -1,0 +1,311 @@
+"""Data collection: the ``Collector`` interface and local multiprocessing collectors.
+
+Why an interface: the trainer only pushes weights and polls finished episodes, so it does not care whether
+collectors are local processes (here) or remote workers (a later Ray backend implements the same three
+methods). Each local collector process owns its env (and, in ``rcan`` mode, the frozen generator, so the
+translation cost is paid in parallel with training), runs whole episodes and sends them back.
+
+Episode kinds: ``scripted`` (QT-Opt's scripted exploration; every episode until the first weights arrive),
+``policy`` (CEM-greedy with Gaussian noise on the displacement dimensions only: the NOTES' first probe was
+hurt by exploration that flipped close/terminate at random) and ``eval`` (greedy, no noise, on the unseen
+test objects; reported as the learning curve and never added to the replay buffer).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import queue
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+EPISODE_KINDS = ("scripted", "policy", "eval")
+
+
+@dataclass
+class Episode:
+    """One finished episode, as the trainer stores it."""
+
+    images: np.ndarray
+    """(T, C, H, W) uint8: the network's image of the state before each action."""
+    states: np.ndarray
+    """(T, 2) float32: gripper closed, gripper height (m) before each action."""
+    actions: np.ndarray
+    """(T, 6) float32: the actions taken (after exploration noise)."""
+    rewards: np.ndarray
+    """(T,) float32."""
+    success: bool
+    kind: str
+    """``scripted``, ``policy`` or ``eval`` (see the module docstring)."""
+    weights_version: int = -1
+    """Version of the weights that acted (-1: none yet)."""
+    collector: int = 0
+    close_height: float = math.nan
+    """Gripper height (m) when the gripper was first commanded closed (NaN if never): a diagnostic."""
+    close_distance: float = math.nan
+    """x-y distance (m) from the gripper to the nearest object's centre at that moment (privileged; only
+    for diagnosing whether the policy aims; the NOTES' second probe closed at random distances)."""
+    seconds: float = 0.0
+
+    @property
+    def length(self) -> int:
+        return len(self.rewards)
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What a collector needs to build its env and policy (picklable: it crosses process boundaries)."""
+
+    input_mode: str = "canonical"
+    image_size: int = 64
+    num_objects: int = 5
+    texture_dir: str | None = None
+    generator: str | None = None
+    """Generator checkpoint for ``rcan`` mode."""
+    network: str = ""
+    """QNetConfig as JSON."""
+    cem: dict[str, Any] = field(default_factory=dict)
+    """CEMConfig fields for acting."""
+    scripted_prob: float = 0.3
+    """Fraction of episodes run by the scripted policy once weights have arrived."""
+    eval_prob: float = 0.1
+    """Fraction of episodes that are greedy evaluations on the test objects (not for training)."""
+    noise_std: float = 0.3
+    """Std of the Gaussian noise on dx, dy, dz, dyaw in policy episodes."""
+
+
+class Collector(Protocol):
+    """What the trainer needs from a source of experience (local processes or remote workers)."""
+
+    def set_weights(self, weights: Mapping[str, Any], version: int = 0) -> None:
+        """Make every collector act with these Q-network weights (tensors or arrays) from now on."""
+
+    def poll(self) -> list[Episode]:
+        """Episodes finished since the last call (never blocks)."""
+
+    def close(self) -> None:
+        """Stop collecting and release the processes or workers."""
+
+
+class LocalCollectors:
+    """``n`` collector processes (multiprocessing "spawn": no forked torch or pybullet state)."""
+
+    def __init__(self, n: int, config: CollectorConfig, seed: int) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one collector, got {n}")
+        ctx = mp.get_context("spawn")
+        self._out: Any = ctx.Queue()
+        self._stop = ctx.Event()
+        self._weights = [ctx.Queue() for _ in range(n)]
+        self._procs = [
+            ctx.Process(
+                target=_worker,
+                args=(i, config, seed, self._weights[i], self._out, self._stop),
+                name=f"rcan-collector-{i}",
+                daemon=True,
+            )
+            for i in range(n)
+        ]
+        for p in self._procs:
+            p.start()
+        self._closed = False
+
+    def set_weights(self, weights: Mapping[str, Any], version: int = 0) -> None:
+        arrays = {
+            k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in weights.items()
+        }
+        for q in self._weights:
+            q.put((int(version), arrays))
+
+    def poll(self) -> list[Episode]:
+        out: list[Episode] = []
+        while True:
+            try:
+                item = self._out.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, BaseException):
+                raise RuntimeError(f"a collector failed: {item!r}")
+            out.append(item)
+        if not out:
+            for p in self._procs:
+                if p.exitcode is not None and not self._stop.is_set():
+                    raise RuntimeError(f"collector process {p.name} died (exit code {p.exitcode})")
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        deadline = time.monotonic() + 30.0
+        for p in self._procs:
+            while p.is_alive() and time.monotonic() < deadline:
+                self._drain()
+                p.join(timeout=0.1)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5.0)
+        self._drain()
+        for q in [self._out, *self._weights]:
+            q.close()
+            q.cancel_join_thread()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._out.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            pass
+
+    def __enter__(self) -> LocalCollectors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- the collector process ---------------------------------------------------------------------------
+def _worker(index: int, config: CollectorConfig, seed: int, weights_q: Any, out_q: Any, stop: Any) -> None:
+    try:
+        # Ctrl-C reaches the whole process group: only the trainer handles it (and then stops us).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        torch.set_num_threads(1)
+        runner = EpisodeRunner(config, seed, index)
+        while not stop.is_set():
+            runner.drain_weights(weights_q)
+            ep = runner.run_episode()
+            if not stop.is_set():
+                out_q.put(ep)
+        runner.close()
+    except KeyboardInterrupt:
+        pass
+    except BaseException as err:  # report instead of dying silently
+        out_q.put(RuntimeError(f"collector {index}: {type(err).__name__}: {err}"))
+
+
+class EpisodeRunner:
+    """Runs episodes in one process; also usable in-process (tests, benchmarks)."""
+
+    def __init__(self, config: CollectorConfig, seed: int, index: int = 0) -> None:
+        from rcan.qtopt.agent import QTOptPolicy, env_domain
+        from rcan.qtopt.cem import CEMConfig
+        from rcan.qtopt.network import QNetConfig, QNetwork
+        from rcan.sim.grasp_env import GraspEnv
+        from rcan.sim.scripted import ScriptedGraspPolicy
+
+        self.config, self.index = config, index
+        self.rng = np.random.default_rng([seed, index, 7])
+        self.env_kwargs = {
+            "domain": env_domain(config.input_mode),
+            "image_size": config.image_size,
+            "num_objects": config.num_objects,
+            "texture_dir": config.texture_dir,
+        }
+        self.env = GraspEnv(object_split="train", **self.env_kwargs)
+        self.eval_env: Any = None
+        self._make_env = GraspEnv
+        generator = None
+        if config.input_mode == "rcan":
+            from rcan.adapt.inference import load_generator
+
+            if not config.generator:
+                raise ValueError("input mode 'rcan' needs a generator")
+            generator = load_generator(config.generator)[0]
+        net = QNetwork(QNetConfig.from_json(config.network))
+        self.policy = QTOptPolicy(
+            net, CEMConfig(**config.cem), config.input_mode, generator, seed=int(self.rng.integers(2**31))
+        )
+        self.scripted = ScriptedGraspPolicy(self.rng, tray_half=self.env.cell.config.tray_inner_half)
+        self.version = -1
+
+    def drain_weights(self, weights_q: Any) -> None:
+        latest = None
+        while True:
+            try:
+                latest = weights_q.get_nowait()
+            except queue.Empty:
+                break
+        if latest is not None:
+            self.set_weights(*latest[::-1])
+
+    def set_weights(self, weights: Mapping[str, Any], version: int = 0) -> None:
+        sd = {k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()}
+        self.policy.network.load_state_dict(sd)
+        self.version = int(version)
+
+    def choose_kind(self) -> str:
+        if self.version < 0:
+            return "scripted"
+        u = self.rng.random()
+        if u < self.config.eval_prob:
+            return "eval"
+        return "scripted" if u < self.config.eval_prob + self.config.scripted_prob else "policy"
+
+    def run_episode(self, kind: str | None = None) -> Episode:
+        from rcan.qtopt.agent import obs_state, state_images
+
+        kind = kind or self.choose_kind()
+        env = self.env
+        if kind == "eval":
+            if self.eval_env is None:
+                self.eval_env = self._make_env(object_split="test", **self.env_kwargs)
+            env = self.eval_env
+        t0 = time.perf_counter()
+        obs, info = env.reset(seed=int(self.rng.integers(2**31)))
+        self.scripted.reset(info)
+        raw, imgs, states, actions, rewards = [], [], [], [], []
+        close_h = close_d = math.nan
+        done, success = False, False
+        while not done:
+            state = obs_state(obs)
+            if kind == "scripted":
+                raw.append(obs["image"])
+                a = self.scripted.act(obs, info)
+            else:
+                img, _ = self.policy.prepare(obs)
+                imgs.append(img)
+                a, _ = self.policy.act_prepared(img, state)
+                if kind == "policy" and self.config.noise_std > 0:
+                    a = a.copy()
+                    a[:4] += self.rng.normal(0.0, self.config.noise_std, 4).astype(np.float32)
+                    a = np.clip(a, -1.0, 1.0)
+            if a[4] > 0 and math.isnan(close_h):
+                close_h = float(state[1])
+                tool = np.asarray(info["tool"], dtype=float)[:2]
+                pos = env.object_positions()[:, :2]
+                close_d = float(np.min(np.linalg.norm(pos - (tool + a[:2] * env.max_translation), axis=1)))
+            obs, r, done, _, info = env.step(a)
+            states.append(state)
+            actions.append(np.asarray(a, np.float32))
+            rewards.append(r)
+            if done:
+                success = bool(info.get("is_success", False))
+        if kind == "scripted":
+            images = state_images(np.stack(raw), self.config.input_mode, self.policy.generator)  # one batch
+        else:
+            images = np.stack(imgs)
+        return Episode(
+            images=images,
+            states=np.stack(states).astype(np.float32),
+            actions=np.stack(actions).astype(np.float32),
+            rewards=np.asarray(rewards, np.float32),
+            success=success,
+            kind=kind,
+            weights_version=self.version,
+            collector=self.index,
+            close_height=close_h,
+            close_distance=close_d,
+            seconds=time.perf_counter() - t0,
+        )
+
+    def close(self) -> None:
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()

@@ -1,0 +1,177 @@
+"""Replay buffer of n-step transitions: uint8 images in a numpy ring buffer, saved as a pickle-free npz.
+
+Layout: one slot per environment step (the state image before the action, the action, the n-step
+return and discount). The bootstrap state of slot i is slot i + k of the same episode, so every image is
+stored once (the terminal observation is never needed: there is no bootstrap from it). Episodes are kept
+contiguous (an episode that would straddle the end of the ring starts again at slot 0), and the ring is
+overwritten in increasing order, so a transition's bootstrap slot, always later in its own episode, is
+overwritten only after the transition itself: no transition ever points at a foreign image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+_META_FIELDS = ("capacity", "pos", "filled", "episodes", "steps", "channels", "height", "width")
+
+
+def nstep_returns(rewards: np.ndarray, gamma: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For an episode that ends in a terminal state after ``len(rewards)`` steps: per step t, the n-step
+    return sum_{j<k} gamma^j r_{t+j}, the bootstrap discount (gamma^k, or 0 when the episode ends within n
+    steps) and the offset k of the bootstrap state (0 when there is none)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    t_len = len(r)
+    ret = np.zeros(t_len)
+    disc = np.zeros(t_len)
+    off = np.zeros(t_len, dtype=np.int16)
+    for t in range(t_len):
+        k = min(n, t_len - t)
+        ret[t] = sum(gamma**j * r[t + j] for j in range(k))
+        if t + k < t_len:
+            disc[t], off[t] = gamma**k, k
+    return ret.astype(np.float32), disc.astype(np.float32), off
+
+
+class ReplayBuffer:
+    """Fixed-capacity ring of n-step transitions (see the module docstring for the layout)."""
+
+    def __init__(self, capacity: int, image_shape: tuple[int, int, int], gamma: float = 0.9, n_step: int = 1):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
+        self.capacity, self.gamma, self.n_step = int(capacity), float(gamma), int(n_step)
+        c, h, w = image_shape
+        self.images = np.zeros((capacity, c, h, w), np.uint8)
+        self.states = np.zeros((capacity, 2), np.float32)
+        self.actions = np.zeros((capacity, 6), np.float32)
+        self.returns = np.zeros(capacity, np.float32)
+        self.discounts = np.zeros(capacity, np.float32)
+        self.offsets = np.zeros(capacity, np.int16)
+        self.valid = np.zeros(capacity, bool)
+        self.pos = self.filled = self.episodes = self.steps = 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        """Number of sampleable transitions."""
+        return int(self.valid[: self.filled].sum())
+
+    def add_episode(
+        self, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+    ) -> None:
+        """Append one finished episode: images (T, C, H, W) uint8 (state before each action), states (T, 2),
+        actions (T, 6), rewards (T,). The episode's last step must be terminal (GraspEnv's always is)."""
+        t_len = len(rewards)
+        if t_len == 0:
+            return
+        if t_len > self.capacity:
+            raise ValueError(f"episode of {t_len} steps does not fit a replay of capacity {self.capacity}")
+        if images.shape[1:] != self.images.shape[1:] or images.dtype != np.uint8 or len(images) != t_len:
+            raise ValueError(
+                f"episode images must be uint8 {(t_len, *self.image_shape)}, got {images.dtype} {images.shape}"
+            )
+        ret, disc, off = nstep_returns(rewards, self.gamma, self.n_step)
+        if self.pos + t_len > self.capacity:
+            self.pos = 0  # keep episodes contiguous (module docstring)
+        s = slice(self.pos, self.pos + t_len)
+        self.images[s] = images
+        self.states[s] = states
+        self.actions[s] = actions
+        self.returns[s], self.discounts[s], self.offsets[s] = ret, disc, off
+        self.valid[s] = True
+        self.pos += t_len
+        self.filled = max(self.filled, self.pos)
+        self.episodes += 1
+        self.steps += t_len
+
+    def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A uniform batch: images, states, actions, returns, discounts, next_images, next_states (for a
+        transition without bootstrap, the next fields repeat the state; its discount is 0)."""
+        idx = np.flatnonzero(self.valid[: self.filled])
+        if len(idx) == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        i = idx[rng.integers(len(idx), size=batch)]
+        j = i + self.offsets[i]
+        return {
+            "images": self.images[i],
+            "states": self.states[i],
+            "actions": self.actions[i],
+            "returns": self.returns[i],
+            "discounts": self.discounts[i],
+            "next_images": self.images[j],
+            "next_states": self.states[j],
+        }
+
+    # -- persistence -------------------------------------------------------------------------------
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        n = self.filled
+        meta = [self.capacity, self.pos, self.filled, self.episodes, self.steps, *self.image_shape]
+        return {
+            f"{prefix}meta": np.array(meta, np.int64),
+            f"{prefix}config": np.array([self.gamma, self.n_step], np.float64),
+            f"{prefix}images": self.images[:n],
+            f"{prefix}states": self.states[:n],
+            f"{prefix}actions": self.actions[:n],
+            f"{prefix}returns": self.returns[:n],
+            f"{prefix}discounts": self.discounts[:n],
+            f"{prefix}offsets": self.offsets[:n],
+            f"{prefix}valid": self.valid[:n],
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> ReplayBuffer:
+        try:
+            meta = dict(zip(_META_FIELDS, (int(v) for v in arrays[f"{prefix}meta"]), strict=True))
+            gamma, n_step = (float(v) for v in arrays[f"{prefix}config"])
+            buf = cls(meta["capacity"], (meta["channels"], meta["height"], meta["width"]), gamma, int(n_step))
+            n = meta["filled"]
+            for name in ("images", "states", "actions", "returns", "discounts", "offsets", "valid"):
+                getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"replay data is incomplete or inconsistent ({err})") from None
+        buf.pos, buf.filled, buf.episodes, buf.steps = meta["pos"], n, meta["episodes"], meta["steps"]
+        return buf
+
+    def equals(self, other: ReplayBuffer) -> bool:
+        """Same contents and counters (for resume checks)."""
+        a, b = self.to_arrays(), other.to_arrays()
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def save_replays(path: str | os.PathLike[str], buffers: Mapping[str, ReplayBuffer]) -> Path:
+    """Write named buffers to one uncompressed npz (plain arrays, no pickle), atomically."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {"names": np.array(sorted(buffers), dtype="U32")}
+    for name, buf in buffers.items():
+        arrays.update(buf.to_arrays(f"{name}/"))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_replays(path: str | os.PathLike[str]) -> dict[str, ReplayBuffer]:
+    """Inverse of :func:`save_replays`; never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no replay file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = [str(n) for n in z["names"]]
+            return {n: ReplayBuffer.from_arrays(z, f"{n}/") for n in names}
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable replay file ({err})") from None

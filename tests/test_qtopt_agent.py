@@ -1,0 +1,129 @@
+"""The policy object, the agent file, the evaluation protocol and the Wilson interval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rcan.qtopt.agent import QTOptPolicy, load_agent, save_agent, state_images
+from rcan.qtopt.cem import CEMConfig
+from rcan.qtopt.evaluate import evaluate_policy, run_evaluation, save_frame_strip, wilson_interval
+from rcan.qtopt.network import QNetConfig, QNetwork
+
+SMALL = QNetConfig(channels=(8, 8), strides=(4, 2), fuse_channels=6, head_channels=4, fc_hidden=8)
+
+
+def _obs(rng: np.random.Generator) -> dict:
+    return {
+        "image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "gripper_closed": 0,
+        "gripper_height": np.array([0.2], np.float32),
+    }
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (70, 102, 0.5909, 0.7682)],
+)
+def test_wilson_interval_known_values(k: int, n: int, lo: float, hi: float) -> None:
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_interval_errors() -> None:
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError):
+        wilson_interval(4, 3)
+
+
+def test_policy_acts_and_agent_file_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = QNetwork(SMALL)
+    policy = QTOptPolicy(net, CEMConfig(16, 4, 2), "canonical", seed=3)
+    rng = np.random.default_rng(0)
+    obs = _obs(rng)
+    policy.reset({})
+    a = policy.act(obs, {})
+    assert a.shape == (6,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
+    path = save_agent(tmp_path / "run" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2))
+    loaded = load_agent(tmp_path / "run", seed=3)
+    assert loaded.cem == CEMConfig(16, 4, 2) and loaded.input_mode == "canonical"
+    np.testing.assert_array_equal(loaded.act(obs, {}), a)  # same weights, same CEM seed
+    assert path.is_file()
+
+
+def test_policy_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="6-channel"):
+        QTOptPolicy(QNetwork(SMALL), input_mode="rcan")
+    with pytest.raises(ValueError, match="generator"):
+        QTOptPolicy(QNetwork(QNetConfig(in_channels=6)), input_mode="rcan")
+    with pytest.raises(ValueError, match="unknown input mode"):
+        QTOptPolicy(QNetwork(SMALL), input_mode="sepia")
+    with pytest.raises(FileNotFoundError, match="no agent checkpoint"):
+        load_agent(tmp_path / "nothing")
+    (tmp_path / "agent.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError):
+        load_agent(tmp_path / "agent.safetensors")
+
+
+def test_rcan_mode_concatenates_generator_output(tmp_path) -> None:
+    from rcan.adapt.inference import save_generator
+    from rcan.adapt.networks import define_G
+
+    torch.manual_seed(0)
+    gen = define_G("tiny").eval()
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    x = state_images(images, "rcan", gen)
+    assert x.shape == (2, 6, 64, 64) and x.dtype == np.uint8
+    np.testing.assert_array_equal(x[:, 3:], images.transpose(0, 3, 1, 2))  # x itself after G(x)
+    net = QNetwork(QNetConfig(**{**SMALL.__dict__, "in_channels": 6}))
+    save_agent(tmp_path / "agent.safetensors", net, "rcan", CEMConfig(8, 2, 1))
+    with pytest.raises(FileNotFoundError, match="generator"):
+        load_agent(tmp_path)
+    save_generator(tmp_path / "generator.safetensors", gen, step=0)  # found beside the agent
+    policy = load_agent(tmp_path)
+    assert policy.input_mode == "rcan" and policy.act(_obs(rng), {}).shape == (6,)
+
+
+def test_evaluate_protocol_with_tiny_agent(tmp_path) -> None:
+    torch.manual_seed(0)
+    save_agent(tmp_path / "agent" / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    r = run_evaluation(str(tmp_path / "agent"), "canonical", attempts=3, seed=1, out=str(tmp_path / "ev"))
+    saved = json.loads((tmp_path / "ev" / "result.json").read_text())
+    assert saved["attempts"] == 3 and 0 <= saved["successes"] <= 3
+    lo, hi = saved["wilson95"]
+    assert (lo, hi) == pytest.approx(wilson_interval(saved["successes"], 3))
+    assert 5 <= len(saved["objects"]) <= 6 and all(len(a) == 2 for a in [saved["wilson95"]])
+    assert (tmp_path / "ev" / "frames.png").is_file() and r["success_rate"] == saved["success_rate"]
+
+
+def test_evaluation_reuses_the_same_objects() -> None:
+    class Lift:
+        def reset(self, info: dict) -> None:
+            pass
+
+        def act(self, obs: dict, info: dict) -> np.ndarray:
+            return np.array([0, 0, 0, 0, 1, 1], np.float32)  # close and end at once
+
+    r = evaluate_policy(Lift(), "canonical", attempts=2, seed=4, strip_attempts=1)
+    assert r["mean_steps"] == 1 and len(r["frames"]) == 1 and len(r["frames"][0]) == 2
+    r2 = evaluate_policy(Lift(), "canonical", attempts=1, seed=4, strip_attempts=0)
+    assert r2["objects"] == r["objects"]
+
+
+def test_evaluate_errors(tmp_path, monkeypatch) -> None:
+    import rcan.qtopt.evaluate as ev
+
+    monkeypatch.setattr(ev, "ASSET_AGENT", tmp_path / "assets" / "agent")
+    with pytest.raises(FileNotFoundError, match="shipped agent"):
+        run_evaluation(None, "canonical", attempts=1)
+    with pytest.raises(ValueError, match="unknown domain"):
+        run_evaluation(None, "sepia", attempts=1)
+    with pytest.raises(ValueError, match="attempts"):
+        evaluate_policy(None, "canonical", attempts=0)
+    assert save_frame_strip(tmp_path / "s.png", [], []).is_file()

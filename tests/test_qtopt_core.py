@@ -1,0 +1,168 @@
+"""QT-Opt building blocks: network shapes and tiling, CEM, target math, replay buffer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rcan.qtopt.cem import CEMConfig, cem_maximize
+from rcan.qtopt.network import QNetConfig, QNetwork, count_macs, count_parameters, random_shift
+from rcan.qtopt.replay import ReplayBuffer, load_replays, nstep_returns, save_replays
+from rcan.qtopt.train import bellman_targets, clipped_double_q_values
+
+
+@pytest.mark.parametrize("channels", [3, 6])
+def test_network_shapes(channels: int) -> None:
+    torch.manual_seed(0)
+    net = QNetwork(QNetConfig(in_channels=channels))
+    images = torch.randint(0, 256, (2, channels, 64, 64), dtype=torch.uint8)
+    states = torch.tensor([[0.0, 0.2], [1.0, 0.05]])
+    assert net(images, states, torch.rand(2, 6) * 2 - 1).shape == (2,)
+    assert net(images, states, torch.rand(2, 5, 6) * 2 - 1).shape == (2, 5)
+    assert net.features(images).shape == (2, *net.feature_shape)
+    tower, head = count_macs(net)
+    assert tower > 10 * head > 0 and count_parameters(net) < 200_000
+
+
+def test_tiled_candidates_equal_one_by_one() -> None:
+    torch.manual_seed(1)
+    net = QNetwork(QNetConfig())
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    states = torch.rand(3, 2)
+    cands = torch.rand(3, 7, 6) * 2 - 1
+    with torch.no_grad():
+        tiled = net.head(net.features(images), states, cands, chunk=8)  # chunking path too
+        single = torch.stack([net(images, states, cands[:, j]) for j in range(7)], dim=1)
+    torch.testing.assert_close(tiled, single, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_channels_rejected() -> None:
+    with pytest.raises(ValueError, match="in_channels"):
+        QNetConfig(in_channels=4)
+
+
+def test_random_shift_keeps_shape_and_content() -> None:
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    y = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    assert torch.equal(random_shift(x, 0), x)
+    # Every output pixel is some input pixel of the same image (replicate padding, integer shift).
+    for i in range(2):
+        assert set(y[i].flatten().tolist()) <= set(x[i].flatten().tolist())
+
+
+def test_cem_finds_maximum_of_smooth_function() -> None:
+    target = torch.tensor([0.3, -0.5, 0.7, 0.1, -0.8, 0.4])
+
+    def score(a: torch.Tensor) -> torch.Tensor:
+        return -((a - target) ** 2).sum(-1)
+
+    best, value = cem_maximize(score, 4, CEMConfig(64, 6, 6), generator=torch.Generator().manual_seed(0))
+    assert best.shape == (4, 6) and value.shape == (4,)
+    assert torch.all((best - target).abs() < 0.15)
+    torch.testing.assert_close(value, score(best[:, None])[:, 0])
+
+
+def test_cem_respects_box_and_config_checks() -> None:
+    best, _ = cem_maximize(
+        lambda a: a.sum(-1), 2, CEMConfig(32, 4, 3), generator=torch.Generator().manual_seed(0)
+    )
+    assert (
+        torch.all(best <= 1.0)
+        and torch.all(best >= -1.0)
+        and torch.all(best > 0.3)
+        and torch.all(best.sum(-1) > 4.0)
+    )
+    with pytest.raises(ValueError):
+        CEMConfig(samples=4, elites=6)
+
+
+def test_nstep_returns_hand_made() -> None:
+    r = np.array([-0.05, -0.05, -0.05, 0.95], np.float32)  # success at the last step
+    g = 0.9
+    ret, disc, off = nstep_returns(r, g, 1)
+    np.testing.assert_allclose(ret, r, atol=1e-6)
+    np.testing.assert_allclose(disc, [g, g, g, 0.0])
+    assert off.tolist() == [1, 1, 1, 0]
+    ret, disc, off = nstep_returns(r, g, 3)
+    np.testing.assert_allclose(ret[0], -0.05 - 0.05 * g - 0.05 * g * g, atol=1e-6)
+    np.testing.assert_allclose(ret[1], -0.05 - 0.05 * g + 0.95 * g * g, atol=1e-6)  # truncated at terminal
+    np.testing.assert_allclose(disc, [g**3, 0, 0, 0], atol=1e-6)
+    assert off.tolist() == [3, 0, 0, 0]
+
+
+def test_bellman_targets_terminal_and_bootstrap() -> None:
+    returns = torch.tensor([0.95, -0.05, -0.05, -0.1])
+    discounts = torch.tensor([0.0, 0.9, 0.0, 0.81])
+    v = torch.tensor([0.7, 0.5, 0.9, 0.05])
+    y = bellman_targets(returns, discounts, v)
+    torch.testing.assert_close(y, torch.tensor([0.95, -0.05 + 0.45, 0.0, 0.0]))  # clipped to [0, 1]
+
+
+def test_clipped_double_q_takes_min_at_target1_argmax() -> None:
+    torch.manual_seed(2)
+    t1, t2 = QNetwork(QNetConfig()), QNetwork(QNetConfig())
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    states = torch.rand(3, 2)
+    cem = CEMConfig(16, 4, 2)
+    v = clipped_double_q_values(t1, t2, images, states, cem, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        f1 = t1.features(images)
+        a, l1 = cem_maximize(
+            lambda c: t1.head(f1, states, c), 3, cem, generator=torch.Generator().manual_seed(5)
+        )
+        q1, q2 = torch.sigmoid(t1(images, states, a)), torch.sigmoid(t2(images, states, a))
+    torch.testing.assert_close(v, torch.minimum(q1, q2))
+    torch.testing.assert_close(torch.sigmoid(l1), q1)
+
+
+def _episode(rng: np.random.Generator, t: int, tag: int) -> tuple[np.ndarray, ...]:
+    images = np.full((t, 3, 4, 4), tag, np.uint8)
+    images[:, 0, 0, 0] = np.arange(t)  # step index inside the episode
+    states = np.stack([np.zeros(t), np.full(t, tag)], 1).astype(np.float32)
+    actions = rng.uniform(-1, 1, (t, 6)).astype(np.float32)
+    rewards = np.r_[np.full(t - 1, -0.05), 0.95].astype(np.float32)
+    return images, states, actions, rewards
+
+
+def test_replay_wraparound_keeps_bootstrap_in_episode(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(25, (3, 4, 4), gamma=0.9, n_step=2)
+    lengths = [7, 9, 6, 8, 5, 9, 4]
+    for tag, t in enumerate(lengths, start=1):
+        buf.add_episode(*_episode(rng, t, tag))
+    assert buf.episodes == len(lengths) and buf.steps == sum(lengths)
+    assert buf.filled <= 25 and len(buf) <= 25
+    batch = buf.sample(500, rng)
+    tags, nxt_tags = batch["images"][:, 1, 0, 0], batch["next_images"][:, 1, 0, 0]
+    assert np.array_equal(tags, nxt_tags)  # the bootstrap image belongs to the same episode
+    boot = batch["discounts"] > 0
+    step, nxt_step = batch["images"][:, 0, 0, 0].astype(int), batch["next_images"][:, 0, 0, 0].astype(int)
+    assert np.all(nxt_step[boot] == step[boot] + 2)
+    np.testing.assert_allclose(batch["discounts"][boot], 0.81, rtol=1e-6)
+    assert np.all(batch["states"][:, 1] == tags)
+
+    path = save_replays(tmp_path / "replay.npz", {"a": buf, "b": ReplayBuffer(10, (3, 4, 4))})
+    loaded = load_replays(path)
+    assert set(loaded) == {"a", "b"} and loaded["a"].equals(buf) and len(loaded["b"]) == 0
+    assert loaded["a"].pos == buf.pos and loaded["a"].gamma == buf.gamma and loaded["a"].n_step == 2
+    # The loaded buffer samples identically.
+    b1, b2 = buf.sample(10, np.random.default_rng(3)), loaded["a"].sample(10, np.random.default_rng(3))
+    assert all(np.array_equal(b1[k], b2[k]) for k in b1)
+
+
+def test_replay_errors(tmp_path) -> None:
+    buf = ReplayBuffer(5, (3, 4, 4))
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample(2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="does not fit"):
+        buf.add_episode(*_episode(np.random.default_rng(0), 6, 1))
+    with pytest.raises(FileNotFoundError):
+        load_replays(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError):
+        load_replays(tmp_path / "bad.npz")
+    assert math.isclose(ReplayBuffer(3, (3, 4, 4), gamma=0.5).gamma, 0.5)

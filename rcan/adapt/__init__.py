@@ -2,7 +2,8 @@
 
 Submodules: ``networks`` (generator and discriminator factories), ``losses``, ``train`` (the training
 loop), ``inference`` (loading a trained generator and translating images), ``commands`` (CLI wiring).
-Names are imported lazily so that ``rcan --help`` does not pay for importing torch.
+Names are imported lazily so that ``rcan --help`` does not pay for importing torch. (The training
+function is ``rcan.adapt.train.train``: a package attribute named ``train`` would clash with the submodule.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ _LAZY = {
     "load_generator": "rcan.adapt.inference",
     "translate_batch": "rcan.adapt.inference",
     "TrainArgs": "rcan.adapt.train",
-    "train": "rcan.adapt.train",
 }
 
 __all__ = sorted(_LAZY)

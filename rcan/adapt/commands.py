@@ -32,7 +32,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: half the CPUs, 1 on 2 cores; use 2 on an idle 2-core machine)",
+    )
     p.add_argument(
         "--checkpoint-every", type=int, default=None, metavar="N", help="steps between checkpoints"
     )

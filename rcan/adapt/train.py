@@ -46,6 +46,7 @@ from rcan.adapt.networks import (
     images_to_input,
     output_to_images,
 )
+from rcan.common.atomic import write_json_atomic
 from rcan.common.checkpoint import (
     load_optimizer_state,
     load_rng_state,
@@ -55,6 +56,7 @@ from rcan.common.checkpoint import (
     rng_state_to_tensors,
     save_safetensors_atomic,
 )
+from rcan.common.presets import from_preset
 
 STATE_FILE = "train_state.safetensors"
 STATE_FORMAT = "rcan.generator_train_state"
@@ -172,13 +174,7 @@ RESUMABLE = frozenset(
 
 def make_args(preset: str = "default", **overrides: Any) -> TrainArgs:
     """TrainArgs for a preset, with keyword overrides (unknown names raise ValueError)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    names = {f.name for f in dataclasses.fields(TrainArgs)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown training arguments: {', '.join(unknown)}")
-    return TrainArgs(**{**PRESETS[preset], "preset": preset, **overrides})
+    return from_preset(TrainArgs, PRESETS, preset, overrides)
 
 
 def resolve_args(out: str, preset: str | None, resume: bool, overrides: Mapping[str, Any]) -> TrainArgs:
@@ -459,12 +455,6 @@ def save_checkpoint(
     save_generator(out / GENERATOR_FILE, trainer.G, step, {"state_step": str(step)})
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def auto_threads() -> int:
     """Default torch threads: half the logical CPUs (leaves room for others; small convs scale poorly), 1..8."""
     return min(8, max(1, (os.cpu_count() or 1) // 2))
@@ -549,7 +539,7 @@ def train(
         if args.resume:
             step = _resume(trainer, args, state_path, gen_path, data_fp, log)
         out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(out / CONFIG_FILE, dataclasses.asdict(args))
+        write_json_atomic(out / CONFIG_FILE, dataclasses.asdict(args), sort_keys=True)
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides events a killed run logged after its last checkpoint (or, on a fresh start,

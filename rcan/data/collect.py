@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from rcan.common.atomic import fsync_dir
 from rcan.data.paired import (
     FORMAT,
     MANIFEST_NAME,
     ShardWriter,
     check_shard,
     config_differences,
-    fsync_dir,
     num_shards,
     read_manifest,
     remove_temp_files,

@@ -47,6 +47,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from rcan.common.atomic import write_json_atomic as _write_json_atomic
+
 FORMAT = "rcan-paired-v1"
 MANIFEST_NAME = "manifest.json"
 #: Manifest fields, in the order they are written; all of them must match to resume a collection.
@@ -141,32 +143,9 @@ def config_differences(
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` so that ``path`` is always either absent, the old file, or the complete new one."""
-    tmp = path.with_name(temp_name(path.name))
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``data`` so that ``path`` is always either absent, the old file, or the complete new one
+    (under a temp name this module recognizes, so a leftover from a kill is cleaned up on restart)."""
+    _write_json_atomic(path, data, tmp=path.with_name(temp_name(path.name)))
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:

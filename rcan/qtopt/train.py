@@ -54,6 +54,7 @@ from rcan.common.checkpoint import (
     rng_state_to_tensors,
     save_safetensors_atomic,
 )
+from rcan.common.presets import from_preset
 from rcan.qtopt import INPUT_MODES
 from rcan.qtopt.agent import AGENT_FILE, check_input_mode, image_channels, save_agent
 from rcan.qtopt.cem import CEMConfig, cem_maximize
@@ -233,13 +234,7 @@ RESUMABLE = frozenset(
 
 def make_args(preset: str = "default", **overrides: Any) -> TrainArgs:
     """TrainArgs for a preset with keyword overrides (unknown names raise ValueError)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    names = {f.name for f in dataclasses.fields(TrainArgs)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown training arguments: {', '.join(unknown)}")
-    return _validated(TrainArgs(**{**PRESETS[preset], "preset": preset, **overrides}))
+    return _validated(from_preset(TrainArgs, PRESETS, preset, overrides))
 
 
 def resolve_args(out: str, preset: str | None, resume: bool, overrides: Mapping[str, Any]) -> TrainArgs:

@@ -13,7 +13,8 @@ Domains (paper, sections 4.1 and 5.2):
 * ``medium``: mild, with the floor drawn from the whole texture bank.
 * ``heavy``: the scheme RCAN is trained on: an independent bank texture on floor, tray, divider, every arm
   link, gripper part and object; random light position, direction and colour; jitter of tray position and
-  size and of arm base position and size (the same jitter goes into the canonical twin of a pair).
+  size and of arm base position and size (the same jitter goes into the canonical twin of a pair; in
+  `render_pair` the arm size is drawn once per episode, since switching it reloads the arm).
 * ``real``: the held-out stand-in for the real world, which no model trains on: photographic textures
   (scikit-image's bundled photos) on floor, tray, divider and objects; grey/white arm links with a little
   wear; a different light model (warm key light at a fixed place, stronger ambient, specular highlights);

@@ -134,6 +134,7 @@ class GraspEnv(gym.Env):
         self._episode_key = 0
         self._look_rng = np.random.default_rng(0)
         self._pair_rng = np.random.default_rng(0)
+        self._pair_arm_scale = len(ARM_SCALES) // 2
         self.z_min, self.z_max, self.z_start = 0.005, 0.30, 0.24
 
     # -- Gymnasium API ---------------------------------------------------------------------------------
@@ -146,6 +147,8 @@ class GraspEnv(gym.Env):
         self._episode_key = int(rng.integers(2**62))
         self._look_rng = np.random.default_rng([self._episode_key, 0])
         self._pair_rng = np.random.default_rng([self._episode_key, 1])
+        # The arm's size jitter is drawn once per episode: switching sizes reloads the arm (~2 ms a frame).
+        self._pair_arm_scale = int(np.random.default_rng([self._episode_key, 2]).integers(len(ARM_SCALES)))
         self._populate(rng)
         ix, iy = self.cell.config.tray_inner_half
         start = np.array([rng.uniform(-0.3 * ix, 0.3 * ix), rng.uniform(-0.3 * iy, 0.3 * iy), self.z_start])
@@ -224,6 +227,8 @@ class GraspEnv(gym.Env):
         domain = domain or self.pair_domain
         _check_choice("domain", domain, DOMAINS)
         style = self._sample_style(domain, self._pair_rng)
+        if style.jitter.arm_scale is not None:
+            style = replace(style, jitter=replace(style.jitter, arm_scale=self._pair_arm_scale))
         randomized = self._render(style).rgb
         canon = self._render(canonical_twin(style), aux=True)
         return {

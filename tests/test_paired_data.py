@@ -445,3 +445,20 @@ def test_bad_manifest_is_a_clear_error(copy: Path, content: str | None, match: s
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         PairedDataset(tmp_path / "nowhere")
+
+
+def test_agent_policy_drives_collection(tmp_path: Path) -> None:
+    """`rcan collect --policy agent CHECKPOINT`: a trained QT-Opt agent (here untrained) drives episodes."""
+    from rcan.cli import main
+    from rcan.qtopt.agent import save_agent
+    from rcan.qtopt.cem import CEMConfig
+    from rcan.qtopt.network import QNetConfig, QNetwork
+
+    agent = save_agent(tmp_path / "run" / "agent.safetensors", QNetwork(QNetConfig()), "mild", CEMConfig(8, 2, 1))
+    out = tmp_path / "by-agent"
+    argv = ["collect", "--out", str(out), "--samples", "6", "--shard-size", "3", "--no-progress"]
+    assert main([*argv, "--policy", "agent", str(agent.parent)]) == 0
+    ds = PairedDataset(out)
+    assert len(ds) == 6 and ds.manifest["policy"] == f"agent:{agent.resolve()}"
+    assert main([*argv, "--policy", "agent"]) == 2
+    assert main(["collect", "--out", str(tmp_path / "x"), "--samples", "2", "--policy", "agent", str(tmp_path / "none")]) == 2

@@ -83,11 +83,40 @@ POLICIES: dict[str, Callable[[GraspEnv, np.random.Generator], Policy]] = {"scrip
 BLIND_POLICIES = frozenset({"scripted"})
 
 
+AGENT_PREFIX = "agent:"
+"""``policy="agent:/path/agent.safetensors"``: a trained QT-Opt agent drives the episodes (greedy CEM)."""
+
+
 def make_policy(name: str, env: GraspEnv, rng: np.random.Generator) -> Policy:
     """Build policy ``name`` for ``env``; all its randomness must come from ``rng`` (reproducibility)."""
+    if name.startswith(AGENT_PREFIX):
+        from rcan.qtopt.agent import load_agent
+
+        return load_agent(name[len(AGENT_PREFIX) :], seed=int(rng.integers(2**31)))
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)} or agent CHECKPOINT")
     return POLICIES[name](env, rng)
+
+
+def policy_domain(name: str) -> str:
+    """The visual domain the policy's observations must come from (an agent sees what it trained on)."""
+    if name.startswith(AGENT_PREFIX):
+        from rcan.qtopt.agent import env_domain, load_network
+
+        _, metadata = load_network(name[len(AGENT_PREFIX) :])
+        return env_domain(metadata.get("input_mode", "canonical"))
+    return "canonical"
+
+
+def resolve_policy(name: str) -> str:
+    """``scripted`` as is; ``agent:PATH`` with PATH made the absolute agent file (checked to exist)."""
+    if name.startswith(AGENT_PREFIX):
+        from rcan.qtopt.agent import resolve_agent_path
+
+        return AGENT_PREFIX + str(resolve_agent_path(name[len(AGENT_PREFIX) :]).resolve())
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)} or agent CHECKPOINT")
+    return name
 
 
 @dataclass(frozen=True)
@@ -117,8 +146,7 @@ class CollectConfig:
             raise ValueError(
                 f"unknown object split {self.object_split!r}; choose one of {', '.join(OBJECT_SPLITS)}"
             )
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        policy = resolve_policy(self.policy)
         texture_dir = None
         if self.texture_dir is not None:
             root = Path(self.texture_dir).expanduser()
@@ -136,6 +164,7 @@ class CollectConfig:
             shard_size=int(self.shard_size),
             image_size=int(self.image_size),
             texture_dir=texture_dir,
+            policy=policy,
         )
 
     @property
@@ -204,7 +233,7 @@ def write_shard(
     episode_ss, policy_ss = np.random.SeedSequence([config.seed, index]).spawn(2)
     episode_rng = np.random.default_rng(episode_ss)
     env = GraspEnv(
-        domain="canonical",
+        domain=policy_domain(config.policy),
         image_size=config.image_size,
         object_split=config.object_split,
         texture_dir=config.texture_dir,

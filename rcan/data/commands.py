@@ -24,7 +24,13 @@ def register(sub: Any) -> None:
     p.add_argument("--samples", type=int, required=True, metavar="N", help="number of pairs to record")
     p.add_argument("--workers", type=int, default=1, metavar="W", help="worker processes (1 = in-process)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="base seed (default 0)")
-    p.add_argument("--policy", default="scripted", help="policy that drives the episodes (default scripted)")
+    p.add_argument(
+        "--policy",
+        nargs="+",
+        default=["scripted"],
+        metavar="POLICY",
+        help="what drives the episodes: 'scripted' (default) or 'agent CHECKPOINT' (a QT-Opt run or agent file)",
+    )
     p.add_argument(
         "--domain",
         default="heavy",
@@ -46,13 +52,19 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``rcan collect``; user errors propagate as ValueError (the CLI prints one line)."""
+    if args.policy[0] == "agent" and len(args.policy) == 2:
+        policy = "agent:" + args.policy[1]
+    elif len(args.policy) == 1 and args.policy[0] != "agent":
+        policy = args.policy[0]
+    else:
+        raise ValueError("--policy takes 'scripted' or 'agent CHECKPOINT'")
     config = CollectConfig(
         samples=args.samples,
         seed=args.seed,
         shard_size=args.shard_size,
         domain=args.domain,
         image_size=args.image_size,
-        policy=args.policy,
+        policy=policy,
         texture_dir=args.texture_dir,
         object_split=args.object_split,
     )

@@ -317,7 +317,7 @@ def test_command_wiring(tmp_path: Path) -> None:
         64,
         256,
     )
-    assert (args.policy, args.texture_dir, args.object_split) == ("scripted", None, "train")
+    assert (args.policy, args.texture_dir, args.object_split) == (["scripted"], None, "train")
     bad = parser.parse_args(["collect", "--out", str(tmp_path / "o"), "--samples", "0", "--workers", "2"])
     with pytest.raises(ValueError, match="samples"):
         bad.func(bad)

@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -96,6 +97,33 @@ def machine_info() -> dict[str, Any]:
         "gymnasium": version("gymnasium"),
         "gym": version("gym"),
         "loadavg_start": list(os.getloadavg()),
+        "git": git_state(),
+    }
+
+
+def contention(cpu0: float, wall: float, load0: float) -> dict[str, Any]:
+    """This process's CPU time over wall time (about 1.0 when it had a core to itself) and the 1-min load."""
+    cpu = time.process_time() - cpu0
+    return {
+        "cpu_over_wall": cpu / wall if wall > 0 else float("nan"),
+        "loadavg_1min": [load0, os.getloadavg()[0]],
+    }
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the checkout and whether rcan/ has uncommitted edits (read-only git calls)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "rcan")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "rcan_dirty": None if status is None else bool(status),
     }
 
 
@@ -175,7 +203,7 @@ def bench_peer(n_steps: int, warmup: int, seed: int) -> dict[str, Any]:
     steps = resets = episodes = grasps = successes = 0
     lengths: list[int] = []
     need_reset = True
-    t0 = time.perf_counter()
+    load0, cpu0, t0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
     while steps < n_steps:
         if need_reset:
             obs = env.reset()
@@ -208,6 +236,7 @@ def bench_peer(n_steps: int, warmup: int, seed: int) -> dict[str, Any]:
         "grasp_attempts": grasps,
         "successes": successes,
         "wall_s": wall,
+        **contention(cpu0, wall, load0),
         "steps_per_s": steps / wall,
     }
 
@@ -258,7 +287,7 @@ def bench_ours(env, n_steps: int, warmup: int, seed: int, pairs: bool) -> dict[s
     lengths: list[int] = []
     k = 0
     need_reset, first = True, True
-    t0 = time.perf_counter()
+    load0, cpu0, t0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
     while steps < n_steps:
         if need_reset:
             env.reset(seed=seed) if first else env.reset()
@@ -289,6 +318,7 @@ def bench_ours(env, n_steps: int, warmup: int, seed: int, pairs: bool) -> dict[s
         "grasp_attempts_with_lift": lifts,
         "successes": successes,
         "wall_s": wall,
+        **contention(cpu0, wall, load0),
         "steps_per_s": steps / wall,
     }
     if pairs:
@@ -302,6 +332,7 @@ def bench_costs(env, n_resets: int, n_episodes: int, seed: int) -> dict[str, Any
     """Reset, grasp attempt (close at step 7, lift at step 8), render() and render_pair() costs."""
     u = env.unwrapped
     warm_up(env, np.random.default_rng(seed + 7), 4, seed + 7, pairs=True)
+    load0, cpu0, t_section = os.getloadavg()[0], time.process_time(), time.perf_counter()
     resets: list[float] = []
     for i in range(n_resets):
         t0 = time.perf_counter()
@@ -355,6 +386,7 @@ def bench_costs(env, n_resets: int, n_episodes: int, seed: int) -> dict[str, Any
         "grasp_successes": held,
         "render": ms_stats(renders),
         "render_pair": ms_stats(render_pairs),
+        **contention(cpu0, time.perf_counter() - t_section, load0),
     }
 
 
@@ -367,7 +399,7 @@ def bench_scripted(n_episodes: int) -> dict[str, Any]:
         env, _ = make_env(split)
         successes = 0
         lengths: list[int] = []
-        t0 = time.perf_counter()
+        load0, cpu0, t0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
         for seed in range(n_episodes):
             policy = ScriptedGraspPolicy(np.random.default_rng(seed))
             obs, info = env.reset(seed=seed)
@@ -393,11 +425,17 @@ def bench_scripted(n_episodes: int) -> dict[str, Any]:
             "wilson95": [lo, hi],
             "mean_episode_length": statistics.fmean(lengths) if lengths else float("nan"),
             "wall_s": wall,
+            **contention(cpu0, wall, load0),
         }
     return out
 
 
 # -- report ----------------------------------------------------------------------------------------------
+def cw(section: dict[str, Any]) -> str:
+    la = section["loadavg_1min"]
+    return f"cpu/wall {section['cpu_over_wall']:.2f}, load {la[0]:.2f}->{la[1]:.2f}"
+
+
 def table(res: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
     peer, ours, pairs, costs, scr, goals = (
@@ -414,7 +452,7 @@ def table(res: dict[str, Any]) -> str:
                 "1. peer KukaDiverseObjectEnv, steps/s (incl. resets)",
                 f"{peer['steps_per_s']:.2f}",
                 f"{peer['steps']} steps, {peer['resets']} resets, 48x48, random actions, "
-                f"mean ep len {peer['mean_episode_length']:.2f}",
+                f"mean ep len {peer['mean_episode_length']:.2f}, {cw(peer)}",
             )
         )
     else:
@@ -424,20 +462,25 @@ def table(res: dict[str, Any]) -> str:
             "2. ours 64x64 canonical, steps/s (incl. resets, lifts)",
             f"{ours['steps_per_s']:.1f}",
             f"{ours['steps']} steps, {ours['resets']} resets, {ours['grasp_attempts_with_lift']} lifts, "
-            f"{EPISODE_STEPS}-step episodes",
+            f"{EPISODE_STEPS}-step episodes, {cw(ours)}",
         )
     )
     rows.append(
         (
             "3. ours + render_pair every step, steps/s",
             f"{pairs['steps_per_s']:.1f}",
-            f"{pairs['steps']} steps, {pairs['resets']} resets, pair domain {pairs['pair_domain']!r}",
+            f"{pairs['steps']} steps, {pairs['resets']} resets, pair domain {pairs['pair_domain']!r}, "
+            f"{cw(pairs)}",
         )
     )
     rows.append(("3. paired samples/s", f"{pairs['pairs_per_s']:.1f}", f"{pairs['pairs']} pairs, 1 per step"))
     r = costs["reset"]
     rows.append(
-        ("4. reset ms (mean / median)", f"{r['mean_ms']:.1f} / {r['median_ms']:.1f}", f"{r['n']} resets")
+        (
+            "4. reset ms (mean / median)",
+            f"{r['mean_ms']:.1f} / {r['median_ms']:.1f}",
+            f"{r['n']} resets, {cw(costs)}",
+        )
     )
     rows.append(
         (
@@ -544,9 +587,26 @@ def main(argv: list[str] | None = None) -> int:
         f"- load average (1/5/15 min) at start {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}, "
         f"at end {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f}"
     )
-    print(f"- single process; total wall time {res['total_wall_s']:.0f} s")
+    g = m["git"]
+    dirty = " (rcan/ has uncommitted edits)" if g["rcan_dirty"] else ""
+    print(f"- commit {g['commit']}{dirty}; single process; total wall time {res['total_wall_s']:.0f} s")
     print()
     print(table(res))
+    starved = [
+        name
+        for name, sec in (
+            ("1", res["peer"]),
+            ("2", res["ours"]),
+            ("3", res["ours_pairs"]),
+            ("4", res["costs"]),
+        )
+        if sec.get("cpu_over_wall", 1.0) < 0.9
+    ]
+    if starved:
+        print(
+            f"\nWARNING: sections {', '.join(starved)} got < 90% of a core (cpu/wall): other processes were "
+            "competing for the CPU, so those numbers are pessimistic; rerun on a quiet machine."
+        )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -23,26 +25,36 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str, tmp: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``text`` to a temp file beside ``path`` (``tmp`` if given), fsync it, rename it over ``path``."""
+@contextlib.contextmanager
+def open_atomic(
+    path: str | os.PathLike[str], mode: str = "wb", tmp: str | os.PathLike[str] | None = None
+) -> Iterator[IO[Any]]:
+    """Write through a temp file beside ``path`` (``tmp`` if given); on success fsync it and rename it over
+    ``path``, on any error remove it and leave ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tmp is None:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        fh = os.fdopen(fd, "w", encoding="utf-8")
+        fh = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
     else:
         name = str(tmp)
-        fh = open(name, "w", encoding="utf-8")  # noqa: SIM115 (closed below, before the rename)
+        fh = open(name, mode, **({} if "b" in mode else {"encoding": "utf-8"}))  # noqa: SIM115
     try:
         with fh:
-            fh.write(text)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(name, path)
     finally:
         Path(name).unlink(missing_ok=True)
     fsync_dir(path.parent)
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, tmp: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``text`` to ``path`` atomically (see ``open_atomic``)."""
+    with open_atomic(path, "w", tmp=tmp) as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def write_json_atomic(

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 
-from rcan.common.atomic import fsync_dir
+from rcan.common.atomic import open_atomic
 
 FORMAT_KEY = "format"
 
@@ -47,18 +47,8 @@ def save_safetensors_atomic(
             seen.add(ptr)
         clean[name] = t
     blob = _st_save(clean, metadata=dict(metadata))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with open_atomic(path) as f:
+        f.write(blob)
     return path
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rcan.common.atomic import open_atomic
+
 _META_FIELDS = ("capacity", "pos", "filled", "episodes", "steps", "channels", "height", "width")
 
 
@@ -151,16 +153,8 @@ def save_replays(path: str | os.PathLike[str], buffers: Mapping[str, ReplayBuffe
     arrays: dict[str, np.ndarray] = {"names": np.array(sorted(buffers), dtype="U32")}
     for name, buf in buffers.items():
         arrays.update(buf.to_arrays(f"{name}/"))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

@@ -28,7 +28,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check rcan tests benchmarks
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -r benchmarks/requirements-peer.txt
 	$(PY) benchmarks/bench_env.py
+	$(PY) benchmarks/bench_pairs_core.py
+	$(PY) benchmarks/bench_generator.py
+	$(PY) benchmarks/bench_qtopt.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rcan.adapt.networks import config_to_json, define_G, generator_config, images_to_input, output_to_images
-from rcan.common.checkpoint import load_safetensors, save_safetensors_atomic
+from rcan.common.checkpoint import load_safetensors, load_weights_strict, save_safetensors_atomic
 
 GENERATOR_FILE = "generator.safetensors"
 GENERATOR_FORMAT = "rcan.generator"
@@ -61,12 +61,7 @@ def load_generator(path: str | os.PathLike[str], device: str | torch.device = "c
     except (KeyError, json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{p} has a broken generator config ({err})") from None
     model = define_G(config)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{p}: weights do not match the stored config ({str(err).splitlines()[0]})"
-        ) from None
+    load_weights_strict(model, tensors, p)
     model.step = step
     return model.to(device).eval(), config
 

@@ -193,3 +193,11 @@ def load_rng_state(
     except KeyError as err:
         raise ValueError(f"checkpoint has no RNG state {err}") from None
     np.random.set_state((info["kind"], keys, info["pos"], info["has_gauss"], info["gauss"]))  # noqa: NPY002
+
+
+def load_weights_strict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``module.load_state_dict(tensors, strict=True)``, a mismatch reported as one clear ValueError."""
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not match the stored config ({str(err).splitlines()[0]})") from None

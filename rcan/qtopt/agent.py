@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcan.common.checkpoint import load_safetensors, save_safetensors_atomic
+from rcan.common.checkpoint import load_safetensors, load_weights_strict, save_safetensors_atomic
 from rcan.qtopt import INPUT_MODES
 from rcan.qtopt.cem import CEMConfig, cem_maximize
 from rcan.qtopt.network import QNetConfig, QNetwork
@@ -148,12 +148,7 @@ def load_network(path: str | os.PathLike[str]) -> tuple[QNetwork, dict[str, str]
     except (KeyError, json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{p} has a broken network config ({err})") from None
     net = QNetwork(config)
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{p}: weights do not match the stored config ({str(err).splitlines()[0]})"
-        ) from None
+    load_weights_strict(net, tensors, p)
     return net.eval(), metadata
 
 

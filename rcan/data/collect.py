@@ -430,12 +430,19 @@ def collect(
     config: CollectConfig,
     workers: int = 1,
     progress: bool = True,
+    backend: str = "local",
+    address: str | None = None,
 ) -> CollectSummary:
     """Collect (or finish collecting) ``config`` into directory ``root`` with ``workers`` processes.
 
     ``workers == 1`` runs in this process; more use the "spawn" start method, one env per worker.
+    ``backend="ray"`` makes the shards in up to ``workers`` Ray tasks instead (on the cluster at ``address``,
+    or on a local Ray with ``workers`` CPUs): the same bytes, since a shard depends only on its index.
     Safe to kill at any instant and rerun with the same arguments.
     """
+    from rcan.qtopt.ray_backend import check_backend
+
+    check_backend(backend, address)
     config = config.validated()
     if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
@@ -472,7 +479,11 @@ def collect(
         ) as bar:
             n_proc = min(int(workers), len(pending))
             try:
-                if n_proc == 1:
+                if backend == "ray" and pending:
+                    from rcan.data.ray_collect import run_shards
+
+                    run_shards(root, config, pending, n_proc, bar, address)
+                elif n_proc == 1:
                     for index in pending:
                         write_shard(root, config, index, on_sample=lambda: bar.update(1))
                 elif n_proc > 1:

@@ -16,8 +16,8 @@ def register(sub: Any) -> None:
         description=(
             "Record RCAN training pairs (paper 4.1): at each step of scripted grasping episodes the scene is "
             "frozen and rendered randomized and canonical. Writes HDF5 shards and manifest.json to --out. "
-            "Deterministic for a given --seed whatever --workers; killed and rerun with the same command, it "
-            "resumes where it stopped."
+            "Deterministic for a given --seed whatever --workers and --backend; killed and rerun with the same "
+            "command, it resumes where it stopped."
         ),
     )
     p.add_argument("--out", required=True, metavar="DIR", help="collection directory (created if missing)")
@@ -46,6 +46,19 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--shard-size", type=int, default=256, metavar="N", help="samples per shard file (default 256)"
     )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: processes on this machine (default); ray: Ray tasks (pip install 'rcan[ray]'), same bytes",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: join this Ray cluster (e.g. auto, HOST:6379); default: start a local Ray "
+        "with --workers CPUs",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -68,7 +81,14 @@ def run(args: argparse.Namespace) -> int:
         texture_dir=args.texture_dir,
         object_split=args.object_split,
     )
-    summary = collect(args.out, config, workers=args.workers, progress=not args.no_progress)
+    summary = collect(
+        args.out,
+        config,
+        workers=args.workers,
+        progress=not args.no_progress,
+        backend=args.backend,
+        address=args.address,
+    )
     rate = f" at {summary.pairs_per_second:.1f} pairs/s" if summary.samples_written else ""
     print(
         f"{summary.root}: {summary.samples} samples in {summary.shards} shard(s); wrote {summary.shards_written} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -147,12 +148,24 @@ class ReplayBuffer:
         return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def save_replays(path: str | os.PathLike[str], buffers: Mapping[str, ReplayBuffer]) -> Path:
-    """Write named buffers to one uncompressed npz (plain arrays, no pickle), atomically."""
-    path = Path(path)
+def buffers_to_arrays(buffers: Mapping[str, ReplayBuffer]) -> dict[str, np.ndarray]:
+    """Named buffers as one flat dict of plain arrays (the npz layout; also what crosses to a Ray actor)."""
     arrays: dict[str, np.ndarray] = {"names": np.array(sorted(buffers), dtype="U32")}
     for name, buf in buffers.items():
         arrays.update(buf.to_arrays(f"{name}/"))
+    return arrays
+
+
+def buffers_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, ReplayBuffer]:
+    """Inverse of :func:`buffers_to_arrays`."""
+    names = [str(n) for n in arrays["names"]]
+    return {n: ReplayBuffer.from_arrays(arrays, f"{n}/") for n in names}
+
+
+def save_replays(path: str | os.PathLike[str], buffers: Mapping[str, ReplayBuffer]) -> Path:
+    """Write named buffers to one uncompressed npz (plain arrays, no pickle), atomically."""
+    path = Path(path)
+    arrays = buffers_to_arrays(buffers)
     with open_atomic(path) as f:
         np.savez(f, **arrays)
     return path
@@ -165,7 +178,84 @@ def load_replays(path: str | os.PathLike[str]) -> dict[str, ReplayBuffer]:
         raise FileNotFoundError(f"no replay file at {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            names = [str(n) for n in z["names"]]
-            return {n: ReplayBuffer.from_arrays(z, f"{n}/") for n in names}
+            return buffers_from_arrays(z)
     except (OSError, KeyError, ValueError) as err:
         raise ValueError(f"{path} is not a readable replay file ({err})") from None
+
+
+# -- where the trainer gets its batches --------------------------------------------------------------------
+def mixed_sample(
+    buffers: Mapping[str, ReplayBuffer], batch: int, online_fraction: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """QT-Opt's batch mix: ``online_fraction`` of the rows from the ``policy`` buffer once it holds a batch,
+    the rest from ``scripted`` (or from ``policy`` while ``scripted`` is empty)."""
+    n_pol = int(round(online_fraction * batch)) if len(buffers["policy"]) >= batch else 0
+    parts = []
+    if n_pol:
+        parts.append(buffers["policy"].sample(n_pol, rng))
+    if batch - n_pol:
+        src = buffers["scripted"] if len(buffers["scripted"]) else buffers["policy"]
+        parts.append(src.sample(batch - n_pol, rng))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class ReplaySource(Protocol):
+    """What the trainer needs from its replay, wherever it lives (in-process, or a Ray actor).
+
+    Why an interface: the local backend keeps the buffers in the trainer's process (exact, seeded resume);
+    the Ray backend keeps them in an actor and has Bellman actors compute V(s') for each batch, which then
+    carries ``next_values`` (the trainer computes them itself when a batch has none)."""
+
+    def add_episode(
+        self, kind: str, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+    ) -> None:
+        """Append a finished episode to buffer ``kind`` (rewards already offset)."""
+
+    def sample(self, batch: int, online_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A training batch (:func:`mixed_sample`'s fields, or without ``next_*`` and with ``next_values``)."""
+
+    def sizes(self) -> dict[str, int]:
+        """Sampleable transitions per buffer."""
+
+    def buffers(self) -> dict[str, ReplayBuffer]:
+        """The buffers by name, for checkpoints (in-process: the live objects; remote: a copy)."""
+
+    def load(self, buffers: Mapping[str, ReplayBuffer]) -> None:
+        """Replace the contents (resume from a checkpoint)."""
+
+    def sync_targets(self, target1: Any, target2: Any, version: int) -> None:
+        """Offer the current target networks (called every gradient step; sources that compute targets
+        themselves decide when to copy them)."""
+
+    def close(self) -> None:
+        """Release remote resources."""
+
+
+class LocalReplay:
+    """The default ``ReplaySource``: the buffers in the trainer's process, sampled with the trainer's RNG."""
+
+    def __init__(self, buffers: Mapping[str, ReplayBuffer]) -> None:
+        self._buffers = dict(buffers)
+
+    def add_episode(
+        self, kind: str, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+    ) -> None:
+        self._buffers[kind].add_episode(images, states, actions, rewards)
+
+    def sample(self, batch: int, online_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return mixed_sample(self._buffers, batch, online_fraction, rng)
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(b) for k, b in self._buffers.items()}
+
+    def buffers(self) -> dict[str, ReplayBuffer]:
+        return self._buffers
+
+    def load(self, buffers: Mapping[str, ReplayBuffer]) -> None:
+        self._buffers = dict(buffers)
+
+    def sync_targets(self, target1: Any, target2: Any, version: int) -> None:
+        pass  # the trainer computes V(s') itself with its own target networks
+
+    def close(self) -> None:
+        pass

@@ -34,6 +34,19 @@ def register(sub: Any) -> None:
     p.add_argument("--env-steps", type=int, default=None, help="stop after this many env steps in total")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time in total")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the trainer")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default=None,
+        help="local: collector processes on this machine (default); ray: collectors, replay and Bellman "
+        "targets as Ray actors (pip install 'rcan[ray]'); may change on --resume",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: join this Ray cluster (e.g. auto, HOST:6379); default: a local Ray",
+    )
     p.set_defaults(func=_cmd_train_agent)
 
     e = sub.add_parser(
@@ -68,8 +81,12 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         "env_steps": args.env_steps,
         "minutes": args.minutes,
         "threads": args.threads,
+        "backend": args.backend,
+        "address": args.address,
     }
     targs = resolve_args(args.out, args.preset, args.resume, overrides)
+    if args.address and targs.backend != "ray":
+        raise ValueError("--address is only for --backend ray")
     s = train(targs)
     rates = ", ".join(f"{k} {v:.0%}" for k, v in s["recent_success"].items() if v == v)
     print(

@@ -60,7 +60,7 @@ from rcan.qtopt.agent import AGENT_FILE, check_input_mode, image_channels, save_
 from rcan.qtopt.cem import CEMConfig, cem_maximize
 from rcan.qtopt.collectors import Collector, CollectorConfig, Episode, LocalCollectors
 from rcan.qtopt.network import QNetConfig, QNetwork, random_shift
-from rcan.qtopt.replay import ReplayBuffer, load_replays, save_replays
+from rcan.qtopt.replay import LocalReplay, ReplayBuffer, ReplaySource, load_replays, save_replays
 
 STATE_FILE = "train_state.safetensors"
 STATE_FORMAT = "rcan.qtopt_train_state"
@@ -168,6 +168,11 @@ class TrainArgs:
     """Minutes between checkpoints (and one at the end, and on Ctrl-C/SIGTERM)."""
     threads: int = 1
     """torch threads of the trainer (the collectors use one each)."""
+    backend: str = "local"
+    """local: collector processes, replay and targets in this machine's processes; ray: collectors, replay and
+    Bellman targets as Ray actors (``pip install 'rcan[ray]'``; see ``rcan.qtopt.ray_backend``)."""
+    address: str | None = None
+    """With ``backend="ray"``: the Ray cluster to join (``auto``, ``HOST:PORT``); default: start a local Ray."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -227,6 +232,8 @@ RESUMABLE = frozenset(
         "checkpoint_minutes",
         "threads",
         "generator",
+        "backend",
+        "address",
     }
 )
 """Fields that may change on resume (they do not change what the saved state means)."""
@@ -271,6 +278,11 @@ def _validated(args: TrainArgs) -> TrainArgs:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
+    from rcan.qtopt.ray_backend import check_backend
+
+    if args.backend == "local" and args.address:  # e.g. a Ray run resumed with --backend local
+        args = dataclasses.replace(args, address=None)
+    check_backend(args.backend, args.address)  # a missing Ray is reported here, before any work
     return args
 
 
@@ -334,6 +346,15 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
     )
 
 
+def make_collectors(a: TrainArgs, seed: int) -> Collector:
+    """The run's collectors on its backend: local processes, or Ray actors (Ray connected by the trainer)."""
+    if a.backend == "ray":
+        from rcan.qtopt.ray_backend import RayCollectors
+
+        return RayCollectors(a.collectors, collector_config(a), seed)
+    return LocalCollectors(a.collectors, collector_config(a), seed)
+
+
 # -- the math --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def clipped_double_q_values(
@@ -360,6 +381,26 @@ def bellman_targets(
     return (returns + discounts * next_values).clamp(0.0, 1.0)
 
 
+def next_state_values(
+    batch: Mapping[str, torch.Tensor],
+    target1: QNetwork,
+    target2: QNetwork,
+    cem: CEMConfig,
+    aug_pad: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The target computation of a batch: V(s') per row (0 where there is no bootstrap), next images randomly
+    shifted. One function for the trainer (local backend) and the Ray Bellman actors."""
+    nxt = batch["discounts"] > 0
+    v = torch.zeros(len(batch["discounts"]))
+    if nxt.any():
+        next_images = random_shift(batch["next_images"][nxt], aug_pad, generator)
+        v[nxt] = clipped_double_q_values(
+            target1, target2, next_images, batch["next_states"][nxt], cem, generator
+        )
+    return v
+
+
 # -- the trainer -----------------------------------------------------------------------------------------
 class Trainer:
     """Owns the networks, optimizer, replay buffers and counters; ``run`` drives collectors and training."""
@@ -376,10 +417,17 @@ class Trainer:
         self.target2 = copy.deepcopy(self.net).requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=args.lr)
         shape = (image_channels(args.input), args.image_size, args.image_size)
-        self.replays = {
+        replays = {
             "scripted": ReplayBuffer(args.scripted_capacity, shape, args.gamma, args.n_step),
             "policy": ReplayBuffer(args.policy_capacity, shape, args.gamma, args.n_step),
         }
+        self.replay: ReplaySource
+        if args.backend == "ray":  # starts or joins Ray; replay and Bellman targets become actors
+            from rcan.qtopt.ray_backend import RayReplay
+
+            self.replay = RayReplay(replays, args)
+        else:
+            self.replay = LocalReplay(replays)
         self.rng = np.random.default_rng([args.seed, 1])
         self.torch_rng = torch.Generator().manual_seed(args.seed + 1)
         self.grad_steps = 0
@@ -397,6 +445,15 @@ class Trainer:
             self.load_checkpoint()
 
     # -- data ---------------------------------------------------------------------------------------
+    @property
+    def replays(self) -> dict[str, ReplayBuffer]:
+        """The replay buffers by name (local backend: the live buffers; Ray: a copy fetched from the actor)."""
+        return self.replay.buffers()
+
+    def close(self) -> None:
+        """Release the backend's remote parts (Ray actors, and Ray itself if this trainer started it)."""
+        self.replay.close()
+
     def add_episode(self, ep: Episode) -> None:
         self.counts[ep.kind] = self.counts.get(ep.kind, 0) + 1
         row = {
@@ -418,41 +475,28 @@ class Trainer:
         if ep.kind == "eval":
             return  # test objects: measured, never trained on
         rewards = ep.rewards + np.float32(self.args.reward_offset)
-        self.replays[ep.kind].add_episode(ep.images, ep.states, ep.actions, rewards)
+        self.replay.add_episode(ep.kind, ep.images, ep.states, ep.actions, rewards)
         self.env_steps += ep.length
 
     def sample(self) -> dict[str, torch.Tensor]:
-        b = self.args.batch_size
-        n_pol = int(round(self.args.online_fraction * b)) if len(self.replays["policy"]) >= b else 0
-        parts = []
-        if n_pol:
-            parts.append(self.replays["policy"].sample(n_pol, self.rng))
-        if b - n_pol:
-            src = self.replays["scripted"] if len(self.replays["scripted"]) else self.replays["policy"]
-            parts.append(src.sample(b - n_pol, self.rng))
-        return {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
+        batch = self.replay.sample(self.args.batch_size, self.args.online_fraction, self.rng)
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def ready(self) -> bool:
-        return self.env_steps >= self.args.learning_starts and sum(len(r) for r in self.replays.values()) > 0
+        return self.env_steps >= self.args.learning_starts and sum(self.replay.sizes().values()) > 0
 
     # -- learning -----------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         a = self.args
+        self.replay.sync_targets(self.target1, self.target2, self.grad_steps)  # no-op in-process
         batch = self.sample()
         pad = a.aug_pad
         images = random_shift(batch["images"], pad, self.torch_rng)
         nxt = batch["discounts"] > 0
-        v = torch.zeros(a.batch_size)
-        if nxt.any():
-            next_images = random_shift(batch["next_images"][nxt], pad, self.torch_rng)
-            v[nxt] = clipped_double_q_values(
-                self.target1,
-                self.target2,
-                next_images,
-                batch["next_states"][nxt],
-                target_cem(a),
-                self.torch_rng,
-            )
+        if "next_values" in batch:  # computed by the Ray Bellman actors
+            v = batch["next_values"]
+        else:
+            v = next_state_values(batch, self.target1, self.target2, target_cem(a), pad, self.torch_rng)
         y = bellman_targets(batch["returns"], batch["discounts"], v)
         logits = self.net(images, batch["states"], batch["actions"])
         loss = F.binary_cross_entropy_with_logits(logits, y)
@@ -558,7 +602,7 @@ class Trainer:
             self.recent[k] = collections.deque(values, maxlen=WINDOW)
         self.replay_file = meta.get("replay_file") or None
         if self.replay_file:
-            self.replays = load_replays(self.run_dir / self.replay_file)
+            self.replay.load(load_replays(self.run_dir / self.replay_file))
 
     # -- the loop -----------------------------------------------------------------------------------
     def finished(self) -> bool:
@@ -581,9 +625,7 @@ class Trainer:
         old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         own = collectors is None
         # A resumed run gets fresh collector seeds, so it does not replay the episodes it already has.
-        coll = collectors or LocalCollectors(
-            a.collectors, collector_config(a), seed=a.seed * 1_000_003 + self.checkpoint_id
-        )
+        coll = collectors or make_collectors(a, seed=a.seed * 1_000_003 + self.checkpoint_id)
         pushed = -1
         last_ckpt = time.monotonic()
         t_last, s_last, g_last = time.monotonic(), self.env_steps, self.grad_steps
@@ -693,7 +735,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
         from rcan.adapt.inference import resolve_generator_path
 
         args = dataclasses.replace(args, generator=str(resolve_generator_path(args.generator)))
-    return Trainer(args).run()
+    trainer = Trainer(args)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
 
 
 __all__ = [
@@ -704,6 +750,8 @@ __all__ = [
     "bellman_targets",
     "clipped_double_q_values",
     "make_args",
+    "make_collectors",
+    "next_state_values",
     "resolve_args",
     "train",
 ]

@@ -5,7 +5,7 @@ Importing the package registers the Gymnasium task ``rcan/Grasp-v0``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from rcan.sim import register_envs as _register_envs
 

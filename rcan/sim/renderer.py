@@ -21,12 +21,17 @@ HIDDEN = (1.0, 1.0, 1.0, 0.0)
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """A fixed over-the-shoulder camera aimed at the tray (behind and above the arm's base)."""
+    """A fixed camera above one long side of the tray, looking down at 45 degrees across the arm's reach.
 
-    eye: tuple[float, float, float] = (-0.34, 0.24, 0.50)
-    target: tuple[float, float, float] = (0.035, -0.015, 0.0)
+    The arm enters the picture from the left, as it does past the shoulder in the paper's cell. An earlier
+    pose nearer the arm's base (eye (-0.34, 0.24, 0.50), fov 50) put the arm between the camera and the
+    gripper in about a third of the frames where a scripted grasp closes: a classifier of grasp success
+    from the closing frame reached AUC 0.64 there and 0.82 with this pose (benchmarks/RESULTS.md)."""
+
+    eye: tuple[float, float, float] = (0.0, 0.55, 0.55)
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0)
     up: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    fov: float = 50.0
+    fov: float = 42.0
     near: float = 0.05
     far: float = 3.0
 

@@ -166,3 +166,33 @@ def test_replay_errors(tmp_path) -> None:
     with pytest.raises(ValueError):
         load_replays(tmp_path / "bad.npz")
     assert math.isclose(ReplayBuffer(3, (3, 4, 4), gamma=0.5).gamma, 0.5)
+
+
+def test_mixed_sample_fractions_and_fallbacks() -> None:
+    from rcan.qtopt.replay import mixed_sample
+
+    shape = (3, 8, 8)
+
+    def filled(n_episodes: int, marker: float) -> ReplayBuffer:
+        buf = ReplayBuffer(200, shape, 0.9, 1)
+        for _ in range(n_episodes):
+            t = 4
+            buf.add_episode(
+                np.zeros((t, *shape), np.uint8),
+                np.zeros((t, 2), np.float32),
+                np.full((t, 6), marker, np.float32),
+                np.zeros(t, np.float32),
+            )
+        return buf
+
+    rng = np.random.default_rng(0)
+    buffers = {"policy": filled(10, 0.5), "scripted": filled(10, -0.5), "real": filled(1, 0.9)}
+    b = mixed_sample(buffers, 16, (("policy", 0.25), ("scripted", 1.0)), rng)
+    assert (b["actions"][:, 0] == 0.5).sum() == 4 and (b["actions"][:, 0] == -0.5).sum() == 12
+    # A buffer holding less than a batch gives nothing yet; the last one gives the rest.
+    b = mixed_sample(buffers, 16, (("real", 0.5), ("policy", 1.0)), rng)
+    assert (b["actions"][:, 0] == 0.5).all()
+    # An empty last buffer is replaced by the first non-empty one of the mix.
+    buffers["scripted"] = ReplayBuffer(200, shape, 0.9, 1)
+    b = mixed_sample(buffers, 8, (("real", 0.5), ("scripted", 1.0)), rng)
+    assert (b["actions"][:, 0] == 0.9).all()

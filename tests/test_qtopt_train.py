@@ -94,3 +94,29 @@ def test_resume_refuses_trajectory_changes(tmp_path) -> None:
         resolve_args(str(run), "default", True, {})
     args = resolve_args(str(run), None, True, {"env_steps": 500, "collectors": 2})
     assert args.env_steps == 500 and args.collectors == 2 and args.resume
+
+
+def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp_path) -> None:
+    base = tmp_path / "base"
+    Trainer(make_args("tiny", out=str(base), seed=1)).run()
+    trained = load_agent(base).network.state_dict()
+    tuned = tmp_path / "tuned"
+    args = make_args(
+        "tiny", out=str(tuned), seed=2, finetune_from=str(base), real_episodes=3, scripted_prob=0.0
+    )
+    t = Trainer(args)
+    # It starts from the trained weights, in the online and both target networks.
+    for net in (t.net, t.target1, t.target2):
+        assert all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
+    summary = t.run()
+    assert summary["episodes"]["real"] >= 3 and summary["episodes"]["scripted"] == 0
+    assert summary["grad_steps"] > 0 and len(t.replays["real"]) > 0
+    assert any(not torch.equal(v, trained[k]) for k, v in t.net.state_dict().items())
+    episodes = [json.loads(line) for line in (tuned / "episodes.jsonl").read_text().splitlines()]
+    assert {e["kind"] for e in episodes} <= {"real", "policy"}
+    # Raising the budget on resume finetunes further, with the real buffer restored.
+    again = Trainer(resolve_args(str(tuned), None, True, {"real_episodes": 5}))
+    assert len(again.replays["real"]) == len(t.replays["real"])
+    assert again.run()["episodes"]["real"] >= 5
+    with pytest.raises(ValueError, match="finetune"):
+        make_args("tiny", out=str(tmp_path / "x"), real_episodes=3)

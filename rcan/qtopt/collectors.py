@@ -8,7 +8,8 @@ translation cost is paid in parallel with training), runs whole episodes and sen
 Episode kinds: ``scripted`` (QT-Opt's scripted exploration; every episode until the first weights arrive),
 ``policy`` (CEM-greedy with Gaussian noise on the displacement dimensions only: the NOTES' first probe was
 hurt by exploration that flipped close/terminate at random) and ``eval`` (greedy, no noise, on the unseen
-test objects; reported as the learning curve and never added to the replay buffer).
+test objects; reported as the learning curve and never added to the replay buffer). Joint finetuning adds
+``real``: noisy on-policy episodes in the domain that stands in for the real world (paper 4.3).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-EPISODE_KINDS = ("scripted", "policy", "eval")
+EPISODE_KINDS = ("scripted", "policy", "eval", "real")
 
 
 @dataclass
@@ -78,6 +79,10 @@ class CollectorConfig:
     """Fraction of episodes that are greedy evaluations on the test objects (not for training)."""
     noise_std: float = 0.3
     """Std of the Gaussian noise on dx, dy, dz, dyaw in policy episodes."""
+    real_prob: float = 0.0
+    """Fraction of episodes that are on-policy episodes in ``real_domain`` (joint finetuning; 0 otherwise)."""
+    real_domain: str = "real"
+    """The domain of ``real`` episodes."""
 
 
 class Collector(Protocol):
@@ -210,6 +215,7 @@ class EpisodeRunner:
         }
         self.env = GraspEnv(object_split="train", **self.env_kwargs)
         self.eval_env: Any = None
+        self.real_env: Any = None
         self._make_env = GraspEnv
         generator = None
         if config.input_mode == "rcan":
@@ -244,9 +250,12 @@ class EpisodeRunner:
         if self.version < 0:
             return "scripted"
         u = self.rng.random()
-        if u < self.config.eval_prob:
+        c = self.config
+        if u < c.eval_prob:
             return "eval"
-        return "scripted" if u < self.config.eval_prob + self.config.scripted_prob else "policy"
+        if u < c.eval_prob + c.scripted_prob:
+            return "scripted"
+        return "real" if u < c.eval_prob + c.scripted_prob + c.real_prob else "policy"
 
     def run_episode(self, kind: str | None = None) -> Episode:
         from rcan.qtopt.agent import obs_state, state_images
@@ -257,6 +266,11 @@ class EpisodeRunner:
             if self.eval_env is None:
                 self.eval_env = self._make_env(object_split="test", **self.env_kwargs)
             env = self.eval_env
+        elif kind == "real":
+            if self.real_env is None:
+                kwargs = {**self.env_kwargs, "domain": self.config.real_domain}
+                self.real_env = self._make_env(object_split="train", **kwargs)
+            env = self.real_env
         t0 = time.perf_counter()
         obs, info = env.reset(seed=int(self.rng.integers(2**31)))
         self.scripted.reset(info)
@@ -272,7 +286,7 @@ class EpisodeRunner:
                 img, _ = self.policy.prepare(obs)
                 imgs.append(img)
                 a, _ = self.policy.act_prepared(img, state)
-                if kind == "policy" and self.config.noise_std > 0:
+                if kind in ("policy", "real") and self.config.noise_std > 0:
                     a = a.copy()
                     a[:4] += self.rng.normal(0.0, self.config.noise_std, 4).astype(np.float32)
                     a = np.clip(a, -1.0, 1.0)
@@ -307,5 +321,6 @@ class EpisodeRunner:
 
     def close(self) -> None:
         self.env.close()
-        if self.eval_env is not None:
-            self.eval_env.close()
+        for extra in (self.eval_env, self.real_env):
+            if extra is not None:
+                extra.close()

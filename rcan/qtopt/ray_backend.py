@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rcan.qtopt.replay import ReplayBuffer, buffers_from_arrays, buffers_to_arrays, mixed_sample
+from rcan.qtopt.replay import Mix, ReplayBuffer, buffers_from_arrays, buffers_to_arrays, mixed_sample
 
 if TYPE_CHECKING:
     from rcan.qtopt.collectors import CollectorConfig, Episode
@@ -277,8 +277,8 @@ class ReplayActor:
     ) -> None:
         self.buffers[kind].add_episode(images, states, actions, rewards)
 
-    def sample(self, batch: int, online_fraction: float, seed: int) -> dict[str, np.ndarray]:
-        return mixed_sample(self.buffers, batch, online_fraction, np.random.default_rng(seed))
+    def sample(self, batch: int, mix: Mix, seed: int) -> dict[str, np.ndarray]:
+        return mixed_sample(self.buffers, batch, mix, np.random.default_rng(seed))
 
     def sizes(self) -> dict[str, int]:
         return {k: len(b) for k, b in self.buffers.items()}
@@ -395,7 +395,7 @@ class RayReplay:
             actor.set_targets.remote(ref, int(version))
         self._synced, self._has_targets = int(version), True
 
-    def sample(self, batch: int, online_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if not self._has_targets:
             raise RuntimeError(
                 "RayReplay.sample before sync_targets: the Bellman actors have no target networks"
@@ -405,7 +405,7 @@ class RayReplay:
             seeds = rng.integers(2**62, size=2)
             actor = self._bellman[self._next_actor % len(self._bellman)]
             self._next_actor += 1
-            drawn = self._replay.sample.remote(batch, online_fraction, int(seeds[0]))
+            drawn = self._replay.sample.remote(batch, mix, int(seeds[0]))
             self._inflight.append(actor.targets.remote(drawn, int(seeds[1])))
         if len(self._adds) > 256:
             self._check_adds()

@@ -184,18 +184,29 @@ def load_replays(path: str | os.PathLike[str]) -> dict[str, ReplayBuffer]:
 
 
 # -- where the trainer gets its batches --------------------------------------------------------------------
+Mix = tuple[tuple[str, float], ...]
+"""Which buffers a batch comes from: ``((name, fraction), ...)``; see :func:`mixed_sample`."""
+
+
 def mixed_sample(
-    buffers: Mapping[str, ReplayBuffer], batch: int, online_fraction: float, rng: np.random.Generator
+    buffers: Mapping[str, ReplayBuffer], batch: int, mix: Mix, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
-    """QT-Opt's batch mix: ``online_fraction`` of the rows from the ``policy`` buffer once it holds a batch,
-    the rest from ``scripted`` (or from ``policy`` while ``scripted`` is empty)."""
-    n_pol = int(round(online_fraction * batch)) if len(buffers["policy"]) >= batch else 0
-    parts = []
-    if n_pol:
-        parts.append(buffers["policy"].sample(n_pol, rng))
-    if batch - n_pol:
-        src = buffers["scripted"] if len(buffers["scripted"]) else buffers["policy"]
-        parts.append(src.sample(batch - n_pol, rng))
+    """A batch mixed from named buffers. Every buffer of ``mix`` but the last gives ``round(fraction *
+    batch)`` rows once it holds a whole batch (none before); the last gives the rest, or, while it is empty,
+    the first non-empty buffer of the mix does. QT-Opt's mix is ``(("policy", 0.5), ("scripted", 1))``:
+    half on-policy, half scripted exploration; joint finetuning mixes ``real`` and simulated ``policy``."""
+    *firsts, (last, _) = mix
+    parts, left = [], batch
+    for name, fraction in firsts:
+        n = min(left, int(round(fraction * batch))) if len(buffers[name]) >= batch else 0
+        if n:
+            parts.append(buffers[name].sample(n, rng))
+            left -= n
+    if left:
+        src = buffers[last]
+        if not len(src):
+            src = next((buffers[name] for name, _ in mix if len(buffers[name])), src)
+        parts.append(src.sample(left, rng))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -211,7 +222,7 @@ class ReplaySource(Protocol):
     ) -> None:
         """Append a finished episode to buffer ``kind`` (rewards already offset)."""
 
-    def sample(self, batch: int, online_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A training batch (:func:`mixed_sample`'s fields, or without ``next_*`` and with ``next_values``)."""
 
     def sizes(self) -> dict[str, int]:
@@ -242,8 +253,8 @@ class LocalReplay:
     ) -> None:
         self._buffers[kind].add_episode(images, states, actions, rewards)
 
-    def sample(self, batch: int, online_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return mixed_sample(self._buffers, batch, online_fraction, rng)
+    def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return mixed_sample(self._buffers, batch, mix, rng)
 
     def sizes(self) -> dict[str, int]:
         return {k: len(b) for k, b in self._buffers.items()}

@@ -173,6 +173,18 @@ class TrainArgs:
     Bellman targets as Ray actors (``pip install 'rcan[ray]'``; see ``rcan.qtopt.ray_backend``)."""
     address: str | None = None
     """With ``backend="ray"``: the Ray cluster to join (``auto``, ``HOST:PORT``); default: start a local Ray."""
+    finetune_from: str | None = None
+    """Joint finetuning (paper 4.3): start from this trained agent (run directory or agent file: its weights
+    become the online and both target networks; fresh optimizer and replay) and learn from on-policy episodes
+    in ``real_domain`` mixed with simulated on-policy ones. Use with ``real_episodes``."""
+    real_episodes: int = 0
+    """Joint finetuning: stop once this many on-policy episodes in ``real_domain`` (the budget of "real"
+    grasps) have been collected (on resume: may be raised to finetune further). 0: ordinary training."""
+    real_domain: str = "real"
+    """The visual domain that stands in for the real world during joint finetuning."""
+    real_fraction: float = 0.5
+    """Joint finetuning: the fraction of episodes run in ``real_domain`` (the rest are simulated on-policy
+    episodes in the training domain) and of each batch drawn from them."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -234,6 +246,7 @@ RESUMABLE = frozenset(
         "generator",
         "backend",
         "address",
+        "real_episodes",
     }
 )
 """Fields that may change on resume (they do not change what the saved state means)."""
@@ -278,6 +291,17 @@ def _validated(args: TrainArgs) -> TrainArgs:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
+    if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
+        raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")
+    if bool(args.finetune_from) != (args.real_episodes > 0):
+        raise ValueError("joint finetuning needs both finetune_from (a trained agent) and real_episodes > 0")
+    if args.finetune_from:
+        from rcan.sim.domains import DOMAINS
+
+        if args.real_domain not in DOMAINS:
+            raise ValueError(f"unknown real_domain {args.real_domain!r}; choose one of {', '.join(DOMAINS)}")
+        if args.scripted_prob + args.eval_prob + args.real_fraction > 1.0:
+            raise ValueError("joint finetuning needs scripted_prob + eval_prob + real_fraction <= 1")
     from rcan.qtopt.ray_backend import check_backend
 
     if args.backend == "local" and args.address:  # e.g. a Ray run resumed with --backend local
@@ -343,6 +367,8 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         scripted_prob=a.scripted_prob,
         eval_prob=a.eval_prob,
         noise_std=a.noise_std,
+        real_prob=a.real_fraction if a.finetune_from else 0.0,
+        real_domain=a.real_domain,
     )
 
 
@@ -421,6 +447,8 @@ class Trainer:
             "scripted": ReplayBuffer(args.scripted_capacity, shape, args.gamma, args.n_step),
             "policy": ReplayBuffer(args.policy_capacity, shape, args.gamma, args.n_step),
         }
+        if args.finetune_from:
+            replays["real"] = ReplayBuffer(args.policy_capacity, shape, args.gamma, args.n_step)
         self.replay: ReplaySource
         if args.backend == "ray":  # starts or joins Ray; replay and Bellman targets become actors
             from rcan.qtopt.ray_backend import RayReplay
@@ -434,15 +462,30 @@ class Trainer:
         self.env_steps = 0
         self.checkpoint_id = 0
         self.train_seconds = 0.0
-        self.counts = dict.fromkeys(("scripted", "policy", "eval"), 0)
+        self.counts = dict.fromkeys(("scripted", "policy", "eval", "real"), 0)
         self.recent: dict[str, collections.deque] = {
             k: collections.deque(maxlen=WINDOW)
-            for k in ("scripted", "policy", "eval", "close_height", "close_distance")
+            for k in ("scripted", "policy", "eval", "real", "close_height", "close_distance")
         }
         self.replay_file: str | None = None
         self._episode_rows: list[str] = []
         if args.resume:
             self.load_checkpoint()
+        elif args.finetune_from:
+            self._start_from(args.finetune_from)
+
+    def _start_from(self, agent: str) -> None:
+        """Joint finetuning starts from a trained agent: its weights in the online and both target nets."""
+        from rcan.qtopt.agent import load_network
+
+        net, meta = load_network(agent)
+        if net.config != self.net.config or meta.get("input_mode") != self.args.input:
+            raise ValueError(
+                f"{agent} is a {meta.get('input_mode')!r} agent with another network; cannot finetune it as "
+                f"--input {self.args.input} with this preset"
+            )
+        for target in (self.net, self.target1, self.target2):
+            target.load_state_dict(net.state_dict())
 
     # -- data ---------------------------------------------------------------------------------------
     @property
@@ -478,12 +521,24 @@ class Trainer:
         self.replay.add_episode(ep.kind, ep.images, ep.states, ep.actions, rewards)
         self.env_steps += ep.length
 
+    def batch_mix(self) -> tuple[tuple[str, float], ...]:
+        """QT-Opt's half on-policy, half scripted exploration; in joint finetuning, real and simulated
+        on-policy data (``real_fraction`` real)."""
+        if self.args.finetune_from:
+            return (("real", self.args.real_fraction), ("policy", 1.0))
+        return (("policy", self.args.online_fraction), ("scripted", 1.0))
+
     def sample(self) -> dict[str, torch.Tensor]:
-        batch = self.replay.sample(self.args.batch_size, self.args.online_fraction, self.rng)
+        batch = self.replay.sample(self.args.batch_size, self.batch_mix(), self.rng)
         return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def ready(self) -> bool:
-        return self.env_steps >= self.args.learning_starts and sum(self.replay.sizes().values()) > 0
+        return self.env_steps >= self.learning_starts and sum(self.replay.sizes().values()) > 0
+
+    @property
+    def learning_starts(self) -> int:
+        """Env steps before the first gradient step (none when finetuning an already trained agent)."""
+        return 0 if self.args.finetune_from else self.args.learning_starts
 
     # -- learning -----------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -597,7 +652,7 @@ class Trainer:
         c = json.loads(meta["counters"])
         self.grad_steps, self.env_steps = int(c["grad_steps"]), int(c["env_steps"])
         self.checkpoint_id, self.train_seconds = int(c["checkpoint_id"]), float(c["train_seconds"])
-        self.counts = {k: int(v) for k, v in c["counts"].items()}
+        self.counts.update({k: int(v) for k, v in c["counts"].items()})
         for k, values in c["recent"].items():
             self.recent[k] = collections.deque(values, maxlen=WINDOW)
         self.replay_file = meta.get("replay_file") or None
@@ -607,6 +662,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------
     def finished(self) -> bool:
         a = self.args
+        if a.finetune_from and self.counts["real"] >= a.real_episodes:
+            return True
         return self.env_steps >= a.env_steps or (a.minutes > 0 and self.train_seconds >= a.minutes * 60)
 
     def run(self, collectors: Collector | None = None) -> dict[str, Any]:
@@ -627,6 +684,9 @@ class Trainer:
         # A resumed run gets fresh collector seeds, so it does not replay the episodes it already has.
         coll = collectors or make_collectors(a, seed=a.seed * 1_000_003 + self.checkpoint_id)
         pushed = -1
+        if a.finetune_from:  # a trained agent acts from the first episode: no scripted warm-up
+            coll.set_weights(self.net.state_dict(), self.grad_steps)
+            pushed = self.grad_steps
         last_ckpt = time.monotonic()
         t_last, s_last, g_last = time.monotonic(), self.env_steps, self.grad_steps
         stats: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
@@ -646,7 +706,7 @@ class Trainer:
                     if pushed < 0:
                         coll.set_weights(self.net.state_dict(), self.grad_steps)
                         pushed = self.grad_steps
-                    budget = a.utd * (self.env_steps - a.learning_starts) + 1
+                    budget = a.utd * (self.env_steps - self.learning_starts) + 1
                     if self.grad_steps < budget:
                         for k, v in self.train_step().items():
                             stats[k].append(v)
@@ -686,7 +746,7 @@ class Trainer:
             "env_steps": self.env_steps,
             "episodes": dict(self.counts),
             "minutes": self.train_seconds / 60,
-            "recent_success": {k: _mean(self.recent[k]) for k in ("scripted", "policy", "eval")},
+            "recent_success": {k: _mean(self.recent[k]) for k in ("scripted", "policy", "eval", "real")},
             "agent": str(self.run_dir / AGENT_FILE),
         }
 
@@ -703,7 +763,7 @@ class Trainer:
         for k, v in stats.items():
             row[k] = float(np.mean(v))
             writer.add_scalar(f"train/{k}", row[k], step)
-        for kind in ("scripted", "policy", "eval"):
+        for kind in ("scripted", "policy", "eval", "real"):
             if self.recent[kind]:
                 row[f"success_{kind}"] = _mean(self.recent[kind])
                 writer.add_scalar(f"success/{kind}_recent", row[f"success_{kind}"], step)
@@ -717,7 +777,7 @@ class Trainer:
             row["env_steps_per_s"] = d_env / seconds
             writer.add_scalar("perf/grad_steps_per_s", row["grad_steps_per_s"], step)
             writer.add_scalar("perf/env_steps_per_s", row["env_steps_per_s"], step)
-        row["utd_actual"] = step / max(1, self.env_steps - self.args.learning_starts)
+        row["utd_actual"] = step / max(1, self.env_steps - self.learning_starts)
         writer.add_scalar("data/env_steps", self.env_steps, step)
         with open(self.run_dir / PROGRESS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -50,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     from rcan.adapt import apply_commands
     from rcan.adapt import commands as adapt_commands
     from rcan.data import commands as data_commands
+    from rcan.experiments import commands as experiment_commands
     from rcan.qtopt import commands as qtopt_commands
 
     data_commands.register(sub)
     adapt_commands.register(sub)
     apply_commands.register(sub)
     qtopt_commands.register(sub)
+    experiment_commands.register(sub)
     return parser
 
 

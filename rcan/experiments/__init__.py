@@ -1,1 +1,1 @@
-"""Experiments on top of the pipeline: the demo, and (later) the Table 1 / Figure 4 reproduction."""
+"""Experiments on top of the pipeline: the demo and the Table 1 / Figure 4 reproduction."""

@@ -176,6 +176,24 @@ class LocalCollectors:
         self.close()
 
 
+class InlineCollectors:
+    """One collector inside the trainer's process: each ``poll`` runs one whole episode. No parallelism and
+    no process start-up (a spawned collector imports torch and pybullet for seconds): for tests, tiny presets
+    and debugging (``--collectors 0``)."""
+
+    def __init__(self, config: CollectorConfig, seed: int) -> None:
+        self._runner = EpisodeRunner(config, seed, 0)
+
+    def set_weights(self, weights: Mapping[str, Any], version: int = 0) -> None:
+        self._runner.set_weights(weights, version)  # copied into the policy's network
+
+    def poll(self) -> list[Episode]:
+        return [self._runner.run_episode()]
+
+    def close(self) -> None:
+        self._runner.close()
+
+
 # -- the collector process ---------------------------------------------------------------------------
 def _worker(index: int, config: CollectorConfig, seed: int, weights_q: Any, out_q: Any, stop: Any) -> None:
     try:

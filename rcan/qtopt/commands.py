@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoint")
     p.add_argument("--generator", default=None, help="RCAN generator run or file (for --input rcan)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--collectors", type=int, default=None, metavar="N", help="collector processes")
+    p.add_argument("--collectors", type=int, default=None, metavar="N", help="collector processes (0: one inside the trainer process)")
     p.add_argument("--env-steps", type=int, default=None, help="stop after this many env steps in total")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time in total")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the trainer")

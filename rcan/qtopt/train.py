@@ -58,7 +58,7 @@ from rcan.common.presets import from_preset
 from rcan.qtopt import INPUT_MODES
 from rcan.qtopt.agent import AGENT_FILE, check_input_mode, image_channels, save_agent
 from rcan.qtopt.cem import CEMConfig, cem_maximize
-from rcan.qtopt.collectors import Collector, CollectorConfig, Episode, LocalCollectors
+from rcan.qtopt.collectors import Collector, CollectorConfig, Episode, InlineCollectors, LocalCollectors
 from rcan.qtopt.network import QNetConfig, QNetwork, random_shift
 from rcan.qtopt.replay import LocalReplay, ReplayBuffer, ReplaySource, load_replays, save_replays
 
@@ -88,7 +88,8 @@ class TrainArgs:
     seed: int = 0
     """Seeds weight init, sampling, augmentation and the collectors' envs."""
     collectors: int = 1
-    """Collector processes (each one env). With 2 cores, 1 collector + the trainer keeps both busy."""
+    """Collector processes (each one env). With 2 cores, 1 collector + the trainer keeps both busy. 0: one
+    collector inside the trainer's process, taking turns with it (tests, tiny runs, debugging)."""
     env_steps: int = 250_000
     """Stop once this many env steps have been collected (on resume: may be raised to train further)."""
     minutes: float = 120.0
@@ -286,9 +287,11 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("--input rcan needs --generator (a trained generator run or file)")
     if args.input != "rcan" and args.generator:
         raise ValueError(f"--generator is only for --input rcan, not {args.input}")
-    for name in ("collectors", "env_steps", "batch_size", "n_step", "image_size", "num_objects"):
+    for name in ("env_steps", "batch_size", "n_step", "image_size", "num_objects"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
+    if args.collectors < (1 if args.backend == "ray" else 0):
+        raise ValueError(f"collectors must be >= 1 (or 0: in the trainer's process, local), got {args.collectors}")
     if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
     if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
@@ -378,6 +381,8 @@ def make_collectors(a: TrainArgs, seed: int) -> Collector:
         from rcan.qtopt.ray_backend import RayCollectors
 
         return RayCollectors(a.collectors, collector_config(a), seed)
+    if a.collectors == 0:
+        return InlineCollectors(collector_config(a), seed)
     return LocalCollectors(a.collectors, collector_config(a), seed)
 
 

@@ -1,0 +1,66 @@
+"""``rcan reproduce --preset tiny``: every piece runs, the report has Table 1 and Figure 4, a killed run
+carries on from its last finished piece, and a changed command is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import rcan.experiments.reproduce as rep
+from rcan.cli import main
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_reports_and_resumes(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "repro"
+    args = rep.make_args("tiny", out=str(out), attempts=2)
+    real_evaluate = rep._evaluate
+
+    def killed_at_medium_real(a, o, name, *rest, **kw):
+        if name == "eval:medium:real":
+            raise RuntimeError("killed")
+        return real_evaluate(a, o, name, *rest, **kw)
+
+    monkeypatch.setattr(rep, "_evaluate", killed_at_medium_real)
+    with pytest.raises(RuntimeError, match="killed"):
+        rep.reproduce(args)
+    done = json.loads((out / rep.PIECES_FILE).read_text())["results"]
+    assert "eval:medium:sim" in done and "eval:medium:real" not in done and "train:heavy" not in done
+
+    calls: list[str] = []
+
+    def counting(a, o, name, *rest, **kw):
+        calls.append(name)
+        return real_evaluate(a, o, name, *rest, **kw)
+
+    monkeypatch.setattr(rep, "_evaluate", counting)
+    paths = rep.reproduce(args)
+    assert calls[0] == "eval:medium:real" and not any(c.startswith("eval:canonical") for c in calls)
+    results = json.loads((out / rep.PIECES_FILE).read_text())["results"]
+    for agent in rep.AGENTS:
+        for piece in ("sim", "real", "ft1", "ft5"):
+            r = results[f"eval:{agent}:{piece}"]
+            assert r["attempts"] == 2 and 0 <= r["successes"] <= 2
+        assert results[f"finetune:{agent}:5"]["real_episodes"] >= results[f"finetune:{agent}:5"]["budget"]
+    # Figure 4 agents are evaluated after every stage, the others after the first and last only.
+    assert "eval:mild:ft3" in results and "eval:heavy:ft3" not in results
+    md = paths["report_md"].read_text()
+    assert md.count("| RCAN |") == 1 and "70%" in md and "Canonical sim" in md
+    assert (out / "figure4.png").stat().st_size > 0 and (out / "figure3_real.png").stat().st_size > 0
+    assert "<table>" in paths["report_html"].read_text()
+    assert "torch" in json.loads((out / "config.json").read_text())["environment"]
+
+    # Started again with other arguments: one clear refusal, nothing overwritten.
+    with pytest.raises(ValueError, match="other arguments"):
+        rep.reproduce(rep.make_args("tiny", out=str(out), attempts=3))
+
+
+def test_reproduce_cli_errors(tmp_path, capsys) -> None:
+    assert main(["reproduce", "--preset", "tiny", "--out", str(tmp_path / "r"), "--attempts", "0"]) == 2
+    assert "attempts" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / rep.PIECES_FILE).write_text("{not json")
+    assert main(["reproduce", "--preset", "tiny", "--out", str(bad)]) == 2
+    assert "not an rcan reproduce record" in capsys.readouterr().err

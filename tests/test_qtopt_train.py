@@ -120,3 +120,9 @@ def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp
     assert again.run()["episodes"]["real"] >= 5
     with pytest.raises(ValueError, match="finetune"):
         make_args("tiny", out=str(tmp_path / "x"), real_episodes=3)
+    # The same through the CLI, in-process collector.
+    cli_run = tmp_path / "cli"
+    argv = ["train-agent", "--preset", "tiny", "--out", str(cli_run), "--collectors", "0"]
+    assert _cli([*argv, "--finetune-from", str(base), "--real-episodes", "2"]) == 0
+    kinds = {json.loads(line)["kind"] for line in (cli_run / "episodes.jsonl").read_text().splitlines()}
+    assert kinds <= {"real", "policy"} and "real" in kinds

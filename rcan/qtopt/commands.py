@@ -30,7 +30,9 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoint")
     p.add_argument("--generator", default=None, help="RCAN generator run or file (for --input rcan)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--collectors", type=int, default=None, metavar="N", help="collector processes (0: one inside the trainer process)")
+    p.add_argument(
+        "--collectors", type=int, default=None, metavar="N", help="collector processes (0: one in the trainer)"
+    )
     p.add_argument("--env-steps", type=int, default=None, help="stop after this many env steps in total")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time in total")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the trainer")
@@ -47,6 +49,17 @@ def register(sub: Any) -> None:
         metavar="ADDR",
         help="with --backend ray: join this Ray cluster (e.g. auto, HOST:6379); default: a local Ray",
     )
+    p.add_argument(
+        "--finetune-from",
+        default=None,
+        metavar="AGENT",
+        help="joint finetuning (paper 4.3): start from this trained agent and mix on-policy episodes in "
+        "--real-domain with simulated ones; needs --real-episodes",
+    )
+    p.add_argument(
+        "--real-episodes", type=int, default=None, metavar="N", help="joint finetuning: the budget of real grasps"
+    )
+    p.add_argument("--real-domain", default=None, help="the domain standing in for the real world (default real)")
     p.set_defaults(func=_cmd_train_agent)
 
     e = sub.add_parser(
@@ -83,7 +96,13 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "backend": args.backend,
         "address": args.address,
+        "finetune_from": args.finetune_from,
+        "real_episodes": args.real_episodes,
+        "real_domain": args.real_domain,
     }
+    if args.finetune_from and not args.resume:
+        # A finetuning run starts on-policy at once: no scripted warm-up, every episode acts.
+        overrides.update(scripted_prob=0.0, learning_starts=0)
     targs = resolve_args(args.out, args.preset, args.resume, overrides)
     if args.address and targs.backend != "ray":
         raise ValueError("--address is only for --backend ray")

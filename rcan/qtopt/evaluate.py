@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 ASSET_AGENT = Path(__file__).resolve().parent.parent / "assets" / "agent"
 """The agent shipped with the project (used when ``--agent`` is not given)."""
@@ -70,7 +71,7 @@ def evaluate_policy(
     per_attempt: list[dict[str, Any]] = []
     frames: list[list[np.ndarray]] = []
     try:
-        for i in range(attempts):
+        for i in tqdm(range(attempts), desc=f"evaluating in {domain}", unit="attempt", leave=False):
             obs, info = env.reset(seed=int(rng.integers(2**31)))
             policy.reset(info)
             shots = [obs["image"]]

@@ -14,10 +14,10 @@ from rcan.qtopt.replay import ReplayBuffer, load_replays, nstep_returns, save_re
 from rcan.qtopt.train import bellman_targets, clipped_double_q_values
 
 
-@pytest.mark.parametrize("channels", [3, 6])
-def test_network_shapes(channels: int) -> None:
+@pytest.mark.parametrize(("channels", "keypoints"), [(3, 0), (6, 0), (3, 16)])
+def test_network_shapes(channels: int, keypoints: int) -> None:
     torch.manual_seed(0)
-    net = QNetwork(QNetConfig(in_channels=channels))
+    net = QNetwork(QNetConfig(in_channels=channels, keypoints=keypoints))
     images = torch.randint(0, 256, (2, channels, 64, 64), dtype=torch.uint8)
     states = torch.tensor([[0.0, 0.2], [1.0, 0.05]])
     assert net(images, states, torch.rand(2, 6) * 2 - 1).shape == (2,)
@@ -27,9 +27,10 @@ def test_network_shapes(channels: int) -> None:
     assert tower > 10 * head > 0 and count_parameters(net) < 200_000
 
 
-def test_tiled_candidates_equal_one_by_one() -> None:
+@pytest.mark.parametrize("keypoints", [0, 8])
+def test_tiled_candidates_equal_one_by_one(keypoints: int) -> None:
     torch.manual_seed(1)
-    net = QNetwork(QNetConfig())
+    net = QNetwork(QNetConfig(keypoints=keypoints))
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     states = torch.rand(3, 2)
     cands = torch.rand(3, 7, 6) * 2 - 1
@@ -196,3 +197,16 @@ def test_mixed_sample_fractions_and_fallbacks() -> None:
     buffers["scripted"] = ReplayBuffer(200, shape, 0.9, 1)
     b = mixed_sample(buffers, 8, (("real", 0.5), ("scripted", 1.0)), rng)
     assert (b["actions"][:, 0] == 0.9).all()
+
+
+def test_keypoints_follow_the_bright_spot() -> None:
+    """A keypoint whose heat is one map cell sits at that cell's coordinates."""
+    net = QNetwork(QNetConfig(keypoints=1))
+    with torch.no_grad():
+        net.keypoint_conv.weight.zero_()
+        net.keypoint_conv.bias.zero_()
+        net.keypoint_conv.weight[0, 0] = 50.0
+        feats = torch.zeros(1, *net.feature_shape)
+        feats[0, 0, 2, 6] = 1.0  # row 2, column 6 of 8
+        xy = net.keypoint_coords(feats)[0]
+    torch.testing.assert_close(xy, torch.tensor([-1 + 2 * 6 / 7, -1 + 2 * 2 / 7]), atol=1e-3, rtol=0)

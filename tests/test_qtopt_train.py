@@ -16,6 +16,12 @@ from rcan.qtopt.replay import load_replays
 from rcan.qtopt.train import STATE_FILE, Trainer, make_args, resolve_args
 
 
+def _cli_status(argv: list[str]) -> int:
+    from rcan.cli import main
+
+    return main(argv)
+
+
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rcan")
     commands.register(parser.add_subparsers(dest="command", required=True))
@@ -80,7 +86,18 @@ def test_cli_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown training arguments"):
         make_args("tiny", bogus=1)
     with pytest.raises(ValueError, match="collectors"):
-        make_args("tiny", collectors=0)
+        make_args("tiny", collectors=-1)
+    assert make_args("tiny", collectors=0).collectors == 0  # one collector inside the trainer
+    # --set reaches every field, typed; bad names and values are one clear error.
+    from rcan.common.presets import parse_settings
+    from rcan.qtopt.train import TrainArgs
+
+    got = parse_settings(TrainArgs, ["lr=1e-3", "channels=8,16", "coord-channels=false", "texture_dir=none"])
+    assert got == {"lr": 1e-3, "channels": (8, 16), "coord_channels": False, "texture_dir": None}
+    for bad in ("nope=1", "lr=fast", "keypoints"):
+        with pytest.raises(ValueError, match="--set"):
+            parse_settings(TrainArgs, [bad])
+    assert _cli_status(["train-agent", "--out", str(tmp_path / "s"), "--set", "lr=fast"]) == 2
     with pytest.raises(SystemExit):
         _cli(["train-agent", "--out", str(tmp_path / "r"), "--input", "sepia"])
 

@@ -18,3 +18,35 @@ def from_preset(cls: type[T], presets: Mapping[str, Mapping[str, Any]], preset: 
     if unknown:
         raise ValueError(f"unknown training arguments: {', '.join(unknown)}")
     return cls(**{**presets[preset], "preset": preset, **overrides})
+
+
+def parse_settings(cls: type, items: list[str] | None) -> dict[str, Any]:
+    """``["lr=1e-3", "channels=16,32,32"]`` -> typed overrides for the fields of dataclass ``cls``, for a
+    CLI's ``--set``: every hyperparameter is reachable without a flag of its own. Values are converted to
+    the type of the field's default (a comma list for tuples); bad names or values raise ValueError."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ValueError(f"--set expects NAME=VALUE with NAME one of: {known}; got {item!r}")
+        default = fields[name].default
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("true", "1")
+            elif isinstance(default, tuple):
+                value = tuple(type(default[0])(v) for v in text.split(",")) if default else tuple(text.split(","))
+            elif isinstance(default, (int, float)):
+                value = type(default)(text)
+            elif text.lower() == "none":
+                value = None
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(f"--set {name}: {text!r} is not a valid {type(default).__name__}") from None
+        out[name] = value
+    return out

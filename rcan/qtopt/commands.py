@@ -60,6 +60,13 @@ def register(sub: Any) -> None:
         "--real-episodes", type=int, default=None, metavar="N", help="joint finetuning: the budget of real grasps"
     )
     p.add_argument("--real-domain", default=None, help="the domain standing in for the real world (default real)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="any other training argument (TrainArgs field), e.g. --set lr=1e-3 --set keypoints=16",
+    )
     p.set_defaults(func=_cmd_train_agent)
 
     e = sub.add_parser(
@@ -100,6 +107,10 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         "real_episodes": args.real_episodes,
         "real_domain": args.real_domain,
     }
+    from rcan.common.presets import parse_settings
+    from rcan.qtopt.train import TrainArgs
+
+    overrides.update(parse_settings(TrainArgs, args.set))
     if args.finetune_from and not args.resume:
         # A finetuning run starts on-policy at once: no scripted warm-up, every episode acts.
         overrides.update(scripted_prob=0.0, learning_starts=0)

@@ -112,6 +112,8 @@ class TrainArgs:
     """Final FC width."""
     coord_channels: bool = True
     """Coordinate channels at the input and at the fusion (for learning where to grasp)."""
+    keypoints: int = 0
+    """Spatial-softmax keypoints fed to the action/state embedding (see ``QNetConfig``; 0: off)."""
     batch_size: int = 32
     """Transitions per gradient step."""
     lr: float = 3e-4
@@ -344,6 +346,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         head_channels=args.head_channels,
         fc_hidden=args.fc_hidden,
         coord_channels=args.coord_channels,
+        keypoints=args.keypoints,
     )
 
 

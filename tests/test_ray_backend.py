@@ -104,7 +104,8 @@ def test_bellman_actor_matches_the_local_target_computation(ray) -> None:
     for e in range(6):
         ep = _episode(rng, "scripted", 5, e % 2 == 1)
         buf.add_episode(ep.images, ep.states, ep.actions, ep.rewards)
-    batch = mixed_sample({"scripted": buf, "policy": ReplayBuffer(10, (3, 64, 64))}, 8, 0.5, rng)
+    buffers = {"scripted": buf, "policy": ReplayBuffer(10, (3, 64, 64))}
+    batch = mixed_sample(buffers, 8, (("policy", 0.5), ("scripted", 1.0)), rng)
     trainer = Trainer(args)
     with torch.no_grad():
         for p in trainer.target2.parameters():

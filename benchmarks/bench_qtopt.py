@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import machine_info
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -141,13 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RCAN_CACHE", str(Path.home() / ".cache" / "rcan"))
     n_cem, n_grad, n_eps = (50, 10, 3) if args.quick else (500, 100, 30)
     res: dict[str, Any] = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_before": os.getloadavg(),
-        },
+        "machine": machine_info(),
         "quick": args.quick,
     }
     log("network")

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import machine_info
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -182,19 +181,6 @@ def bench_training(backend: str, n: int, preset: str, seconds: float, fill: int)
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _git() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
-        )
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
@@ -218,14 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     fill = args.fill if args.fill is not None else (200 if args.quick else 2000)
     preset = "tiny" if args.quick else "default"
     res: dict[str, Any] = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "commit": _git(),
-            "load_before": os.getloadavg(),
-        },
+        "machine": machine_info(),
         "quick": args.quick,
         "preset": preset,
         "seconds": seconds,

@@ -1,0 +1,33 @@
+"""What every benchmark records about the machine it ran on (so RESULTS.md rows can be compared)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def git_commit() -> str:
+    """Short commit of the checkout the benchmark runs from, with "+dirty" for uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return (sha.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "commit": git_commit(),
+        "load_before": os.getloadavg(),
+    }

@@ -118,9 +118,7 @@ def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp
     Trainer(make_args("tiny", out=str(base), seed=1)).run()
     trained = load_agent(base).network.state_dict()
     tuned = tmp_path / "tuned"
-    args = make_args(
-        "tiny", out=str(tuned), seed=2, finetune_from=str(base), real_episodes=3, scripted_prob=0.0
-    )
+    args = make_args("tiny", out=str(tuned), seed=2, finetune_from=str(base), real_episodes=3)
     t = Trainer(args)
     # It starts from the trained weights, in the online and both target networks.
     for net in (t.net, t.target1, t.target2):

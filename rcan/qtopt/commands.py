@@ -111,9 +111,6 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
     from rcan.qtopt.train import TrainArgs
 
     overrides.update(parse_settings(TrainArgs, args.set))
-    if args.finetune_from and not args.resume:
-        # A finetuning run starts on-policy at once: no scripted warm-up, every episode acts.
-        overrides.update(scripted_prob=0.0, learning_starts=0)
     targs = resolve_args(args.out, args.preset, args.resume, overrides)
     if args.address and targs.backend != "ray":
         raise ValueError("--address is only for --backend ray")

@@ -156,7 +156,8 @@ class TrainArgs:
     online_fraction: float = 0.5
     """Fraction of each batch drawn from the on-policy buffer (QT-Opt's ~50/50 mix)."""
     scripted_prob: float = 0.3
-    """Fraction of episodes after ``learning_starts`` run by the scripted policy."""
+    """Fraction of episodes after ``learning_starts`` run by the scripted policy (none in joint finetuning,
+    which learns from on-policy episodes only)."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
     noise_std: float = 0.3
@@ -305,8 +306,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
 
         if args.real_domain not in DOMAINS:
             raise ValueError(f"unknown real_domain {args.real_domain!r}; choose one of {', '.join(DOMAINS)}")
-        if args.scripted_prob + args.eval_prob + args.real_fraction > 1.0:
-            raise ValueError("joint finetuning needs scripted_prob + eval_prob + real_fraction <= 1")
+        if args.eval_prob + args.real_fraction > 1.0:
+            raise ValueError("joint finetuning needs eval_prob + real_fraction <= 1")
     from rcan.qtopt.ray_backend import check_backend
 
     if args.backend == "local" and args.address:  # e.g. a Ray run resumed with --backend local
@@ -370,7 +371,7 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         generator=str(a.generator) if a.generator else None,
         network=network_config(a).to_json(),
         cem=dataclasses.asdict(acting_cem(a)),
-        scripted_prob=a.scripted_prob,
+        scripted_prob=0.0 if a.finetune_from else a.scripted_prob,
         eval_prob=a.eval_prob,
         noise_std=a.noise_std,
         real_prob=a.real_fraction if a.finetune_from else 0.0,

@@ -250,3 +250,29 @@ def test_frames_do_not_depend_on_rendering_history():
     reference = pairs(True, False)
     assert pairs(False, False) == reference
     assert pairs(False, True) == reference
+
+
+@pytest.mark.parametrize("domain", ["canonical", "heavy"])
+def test_tool_pixel_is_where_the_gripper_appears(domain):
+    """``info["tool_pixel"]`` (an auxiliary label) is the fingertips' centre projected into the frame it goes
+    with, also under the camera jitter of the randomized domains; the projection puts the (solid) palm on
+    robot pixels of the segmentation."""
+    size = 96
+    env = GraspEnv(domain=domain, image_size=size, restyle_every_step=True)
+    try:
+        obs, info = env.reset(seed=3)
+        for a in _actions(8, seed=5):
+            a[2] = -0.5
+            frame = env.render_style(env._style, aux=True)
+            assert np.array_equal(frame.rgb, obs["image"])
+            tool = env.cell.gripper.tool_position()
+            np.testing.assert_allclose(info["tool_pixel"], env.renderer.project(env._style, tool[None])[0], atol=1e-6)
+            palm = np.asarray(env.cell.gripper.palm_pose()[0])
+            x, y = ((env.renderer.project(env._style, palm[None])[0] + 1) / 2 * size - 0.5).round().astype(int)
+            assert (frame.segmentation[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] == ROBOT).any(), (x, y)
+            obs, _, done, _, info = env.step(a)
+            assert info["tool_pixel"].shape == (2,) and np.all(np.abs(info["tool_pixel"]) < 1)
+            if done:
+                break
+    finally:
+        env.close()

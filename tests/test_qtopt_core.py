@@ -10,14 +10,14 @@ import torch
 
 from rcan.qtopt.cem import CEMConfig, cem_maximize
 from rcan.qtopt.network import QNetConfig, QNetwork, count_macs, count_parameters, random_shift
-from rcan.qtopt.replay import ReplayBuffer, load_replays, nstep_returns, save_replays
+from rcan.qtopt.replay import ReplayBuffer, load_replays, mc_returns, nstep_returns, save_replays
 from rcan.qtopt.train import bellman_targets, clipped_double_q_values
 
 
-@pytest.mark.parametrize(("channels", "keypoints"), [(3, 0), (6, 0), (3, 16)])
-def test_network_shapes(channels: int, keypoints: int) -> None:
+@pytest.mark.parametrize(("channels", "keypoints", "gripper"), [(3, 0, False), (6, 0, False), (3, 16, False), (3, 0, True)])
+def test_network_shapes(channels: int, keypoints: int, gripper: bool) -> None:
     torch.manual_seed(0)
-    net = QNetwork(QNetConfig(in_channels=channels, keypoints=keypoints))
+    net = QNetwork(QNetConfig(in_channels=channels, keypoints=keypoints, gripper_keypoint=gripper))
     images = torch.randint(0, 256, (2, channels, 64, 64), dtype=torch.uint8)
     states = torch.tensor([[0.0, 0.2], [1.0, 0.05]])
     assert net(images, states, torch.rand(2, 6) * 2 - 1).shape == (2,)
@@ -27,10 +27,10 @@ def test_network_shapes(channels: int, keypoints: int) -> None:
     assert tower > 10 * head > 0 and count_parameters(net) < 200_000
 
 
-@pytest.mark.parametrize("keypoints", [0, 8])
-def test_tiled_candidates_equal_one_by_one(keypoints: int) -> None:
+@pytest.mark.parametrize(("keypoints", "gripper"), [(0, False), (8, False), (0, True)])
+def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool) -> None:
     torch.manual_seed(1)
-    net = QNetwork(QNetConfig(keypoints=keypoints))
+    net = QNetwork(QNetConfig(keypoints=keypoints, gripper_keypoint=gripper))
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     states = torch.rand(3, 2)
     cands = torch.rand(3, 7, 6) * 2 - 1
@@ -53,6 +53,49 @@ def test_random_shift_keeps_shape_and_content() -> None:
     # Every output pixel is some input pixel of the same image (replicate padding, integer shift).
     for i in range(2):
         assert set(y[i].flatten().tolist()) <= set(x[i].flatten().tolist())
+
+
+def test_random_shift_reports_how_the_content_moved() -> None:
+    x = torch.zeros(16, 1, 12, 12)
+    x[:, 0, 5, 7] = 255.0  # row 5, column 7
+    y, shifts = random_shift(x, 3, torch.Generator().manual_seed(4), return_shifts=True)
+    for i in range(16):
+        row, col = divmod(int(y[i, 0].argmax()), 12)
+        assert (col, row) == (7 + int(shifts[i, 0]), 5 + int(shifts[i, 1]))
+    assert shifts.abs().max() <= 3 and len({tuple(s) for s in shifts.tolist()}) > 4
+
+
+def test_gripper_keypoint_learns_where_the_marker_is() -> None:
+    """The auxiliary loss alone teaches the gripper keypoint to find a marker (to within a map cell),
+    through random shifts whose movement the labels follow."""
+    from rcan.qtopt.train import gripper_aux_loss
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    net = QNetwork(QNetConfig(gripper_keypoint=True, image_size=32, channels=(16, 16), strides=(2, 2)))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.full((n, 3, 32, 32), 40, dtype=torch.uint8)
+        rc = torch.randint(6, 26, (n, 2), generator=gen)
+        for i, (r, c) in enumerate(rc.tolist()):
+            images[i, :, r - 1 : r + 2, c - 1 : c + 2] = 250
+        centres = (rc.flip(1).float() * 2 + 1) / 32 - 1  # (x, y) of the marker's centre pixel
+        return images, centres
+
+    for _ in range(300):
+        images, label = batch(32)
+        shifted, shifts = random_shift(images, 2, gen, return_shifts=True)
+        loss = gripper_aux_loss(net, net.features(shifted), label, shifts, 32)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    images, label = batch(64)
+    with torch.no_grad():
+        err_cells = (net.gripper_coords(net.features(images)) - label).norm(dim=1) * 8 / 2
+    assert float(err_cells.mean()) < 0.5
+    nan = torch.full((64, 2), float("nan"))
+    assert float(gripper_aux_loss(net, net.features(images), nan, torch.zeros(64, 2), 32)) == 0.0
 
 
 def test_cem_finds_maximum_of_smooth_function() -> None:
@@ -93,6 +136,22 @@ def test_nstep_returns_hand_made() -> None:
     np.testing.assert_allclose(ret[1], -0.05 - 0.05 * g + 0.95 * g * g, atol=1e-6)  # truncated at terminal
     np.testing.assert_allclose(disc, [g**3, 0, 0, 0], atol=1e-6)
     assert off.tolist() == [3, 0, 0, 0]
+
+
+def test_mc_returns_hand_made_and_stored_per_slot(tmp_path) -> None:
+    r = np.array([0.0, 0.0, 1.0], np.float32)  # offset rewards: success at the last step
+    np.testing.assert_allclose(mc_returns(r, 0.9), [0.81, 0.9, 1.0], atol=1e-6)
+    np.testing.assert_allclose(mc_returns(np.zeros(4, np.float32), 0.9), np.zeros(4))
+    buf = ReplayBuffer(16, (3, 8, 8), gamma=0.9, n_step=1)
+    images = np.zeros((3, 3, 8, 8), np.uint8)
+    buf.add_episode(images, np.zeros((3, 2), np.float32), np.zeros((3, 6), np.float32), r)
+    buf.add_episode(images[:2], np.zeros((2, 2), np.float32), np.zeros((2, 6), np.float32), r[:2])
+    np.testing.assert_allclose(buf.mc_returns[:5], [0.81, 0.9, 1.0, 0.0, 0.0], atol=1e-6)
+    batch = buf.sample(64, np.random.default_rng(0))
+    allowed = np.array([0.0, 0.81, 0.9, 1.0])
+    assert np.all(np.isclose(batch["mc_returns"][:, None], allowed[None], atol=1e-6).any(axis=1))
+    save_replays(tmp_path / "r.npz", {"scripted": buf})
+    assert load_replays(tmp_path / "r.npz")["scripted"].equals(buf)
 
 
 def test_bellman_targets_terminal_and_bootstrap() -> None:
@@ -152,7 +211,7 @@ def test_replay_wraparound_keeps_bootstrap_in_episode(tmp_path) -> None:
     assert loaded["a"].pos == buf.pos and loaded["a"].gamma == buf.gamma and loaded["a"].n_step == 2
     # The loaded buffer samples identically.
     b1, b2 = buf.sample(10, np.random.default_rng(3)), loaded["a"].sample(10, np.random.default_rng(3))
-    assert all(np.array_equal(b1[k], b2[k]) for k in b1)
+    assert all(np.array_equal(b1[k], b2[k], equal_nan=True) for k in b1)
 
 
 def test_replay_errors(tmp_path) -> None:

@@ -53,6 +53,9 @@ class Episode:
     """x-y distance (m) from the gripper to the nearest object's centre at that moment (privileged; only
     for diagnosing whether the policy aims; the NOTES' second probe closed at random distances)."""
     seconds: float = 0.0
+    tool_pixels: np.ndarray | None = None
+    """(T, 2) float32: where the fingertips appear in each state image, x and y in [-1, 1] (privileged: the
+    label of the auxiliary gripper-keypoint loss, never an input; None from envs that do not report it)."""
 
     @property
     def length(self) -> int:
@@ -292,11 +295,12 @@ class EpisodeRunner:
         t0 = time.perf_counter()
         obs, info = env.reset(seed=int(self.rng.integers(2**31)))
         self.scripted.reset(info)
-        raw, imgs, states, actions, rewards = [], [], [], [], []
+        raw, imgs, states, actions, rewards, pixels = [], [], [], [], [], []
         close_h = close_d = math.nan
         done, success = False, False
         while not done:
             state = obs_state(obs)
+            pixels.append(info.get("tool_pixel", (math.nan, math.nan)))
             if kind == "scripted":
                 raw.append(obs["image"])
                 a = self.scripted.act(obs, info)
@@ -335,6 +339,7 @@ class EpisodeRunner:
             close_height=close_h,
             close_distance=close_d,
             seconds=time.perf_counter() - t0,
+            tool_pixels=np.asarray(pixels, np.float32),
         )
 
     def close(self) -> None:

@@ -54,6 +54,12 @@ class QNetConfig:
     """Spatial-softmax keypoints of the fused map (x, y each) fed to the action/state MLP, so the action
     pathway sees *where* things are (0: off). In a supervised probe of "does this move take the gripper
     over an object", 16 keypoints learned that relation fastest (benchmarks/RESULTS.md)."""
+    gripper_keypoint: bool = False
+    """Locate the gripper: a spatial softmax over a 1x1 conv of the fused map gives its image position g,
+    fed to the action/state MLP and appended to the fused map as two channels of each cell's offset from g,
+    so "the move takes the gripper to this cell" is a local comparison of the action's embedding with those
+    channels. Trained by the auxiliary loss of ``TrainArgs.gripper_aux_weight`` (labels from the simulator
+    at training time only) and by the Q loss; the agent itself only ever sees the image."""
 
     def __post_init__(self) -> None:
         if self.in_channels not in (3, 6):
@@ -90,6 +96,21 @@ def _coords(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.T
     return torch.stack([xx, yy])[None]  # (1, 2, h, w)
 
 
+def _cell_centres(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 2, h, w): x and y of each cell's centre in image coordinates [-1, 1] (those of ``tool_pixel``)."""
+    ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy])[None]
+
+
+def _soft_argmax(heat: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) scores -> (B, K, 2): expected cell centre (x, y) under each channel's softmax."""
+    prob = torch.softmax(heat.flatten(2), dim=-1).view_as(heat)
+    c = _cell_centres(heat.shape[2], heat.shape[3], heat.device, heat.dtype)
+    return torch.stack([(prob * c[:, 0:1]).sum((2, 3)), (prob * c[:, 1:2]).sum((2, 3))], dim=-1)
+
+
 def action_features(actions: torch.Tensor) -> torch.Tensor:
     """The raw action plus the env's two thresholds (close if > 0, terminate if > 0) as 0/1 features:
     the env acts on their signs, so the network should not have to learn the step from the raw value."""
@@ -109,14 +130,19 @@ class QNetwork(nn.Module):
             layers += [nn.Conv2d(cin, cout, k, stride, k // 2), nn.ReLU(inplace=True)]
             cin = cout
         fused = config.fuse_channels
+        extra = (2 if config.coord_channels else 0) + (2 if config.gripper_keypoint else 0)
         # Linear (no ReLU): the embedding is added to this pre-activation map, then the ReLU fuses them.
-        layers.append(nn.Conv2d(cin, fused - (2 if config.coord_channels else 0), 3, 1, 1))
+        layers.append(nn.Conv2d(cin, fused - extra, 3, 1, 1))
         self.tower = nn.Sequential(*layers)
+        if config.gripper_keypoint:
+            self.gripper_conv = nn.Conv2d(fused - 2, 1, 1)
         kp = config.keypoints
+        where = 2 * kp + (2 if config.gripper_keypoint else 0)  # image positions fed to the embedding
         if kp:
             self.keypoint_conv = nn.Conv2d(fused, kp, 1)
+        if where:
             self.embed = nn.Sequential(
-                nn.Linear(ACTION_DIM + 2 + STATE_DIM + 2 * kp, config.embed_hidden),
+                nn.Linear(ACTION_DIM + 2 + STATE_DIM + where, config.embed_hidden),
                 nn.ReLU(inplace=True),
                 nn.Linear(config.embed_hidden, config.embed_hidden),
                 nn.ReLU(inplace=True),
@@ -150,7 +176,19 @@ class QNetwork(nn.Module):
             f = torch.cat(
                 [f, _coords(f.shape[2], f.shape[3], f.device, f.dtype).expand(f.shape[0], -1, -1, -1)], 1
             )
+        if self.config.gripper_keypoint:
+            g = _soft_argmax(self.gripper_conv(f))[:, 0]  # (B, 2)
+            centres = _cell_centres(f.shape[2], f.shape[3], f.device, f.dtype)
+            f = torch.cat([f, centres - g[:, :, None, None]], 1)
         return f
+
+    def gripper_coords(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, F, h, w) fused map -> (B, 2): the located gripper (x, y in [-1, 1]), read back from the
+        offset channels (``gripper_keypoint`` networks only)."""
+        if not self.config.gripper_keypoint:
+            raise ValueError("this network has no gripper keypoint")
+        centres = _cell_centres(feats.shape[2], feats.shape[3], feats.device, feats.dtype)
+        return centres[0, :, 0, 0] - feats[:, -2:, 0, 0]
 
     def keypoint_coords(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) -> (B, 2K): the expected x and y (in [-1, 1]) of each keypoint's softmax over the map."""
@@ -182,6 +220,9 @@ class QNetwork(nn.Module):
         if self.config.keypoints:
             kp = self.keypoint_coords(feats)
             parts.append(kp[:, None, :].expand(b, k, kp.shape[1]))
+        if self.config.gripper_keypoint:
+            g = self.gripper_coords(feats)
+            parts.append(g[:, None, :].expand(b, k, 2))
         z = torch.cat(parts, dim=-1)
         e = self.embed(z)  # (B, K, F)
         x = torch.relu(feats[:, None] + e[..., None, None])  # (B, K, F, h, w)
@@ -229,15 +270,20 @@ def count_macs(model: QNetwork) -> tuple[int, int]:
     return per["tower"], per["head"]
 
 
-def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DrQ's augmentation: replicate-pad by ``pad`` pixels and crop back at a random offset per image."""
-    if pad <= 0:
-        return images
+def random_shift(
+    images: torch.Tensor, pad: int, generator: torch.Generator | None = None, return_shifts: bool = False
+) -> Any:
+    """DrQ's augmentation: replicate-pad by ``pad`` pixels and crop back at a random offset per image.
+    With ``return_shifts``, also the (B, 2) float pixel shifts (x, y) by which the content moved."""
     b, _, h, w = images.shape
+    if pad <= 0:
+        return (images, torch.zeros(b, 2)) if return_shifts else images
     x = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
     off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    shifts = (pad - off.flip(1)).float()  # off is (row, column); content moves by pad - off
     # Gather with per-sample integer offsets: index rows then columns.
     rows = (off[:, 0, None] + torch.arange(h)[None]).view(b, 1, h, 1).expand(b, x.shape[1], h, x.shape[3])
     x = torch.gather(x, 2, rows)
     cols = (off[:, 1, None] + torch.arange(w)[None]).view(b, 1, 1, w).expand(b, x.shape[1], h, w)
-    return torch.gather(x, 3, cols)
+    out = torch.gather(x, 3, cols)
+    return (out, shifts) if return_shifts else out

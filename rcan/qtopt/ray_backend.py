@@ -273,9 +273,15 @@ class ReplayActor:
         self.buffers = buffers_from_arrays(arrays)
 
     def add_episode(
-        self, kind: str, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+        self,
+        kind: str,
+        images: np.ndarray,
+        states: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        tool_pixels: np.ndarray | None = None,
     ) -> None:
-        self.buffers[kind].add_episode(images, states, actions, rewards)
+        self.buffers[kind].add_episode(images, states, actions, rewards, tool_pixels)
 
     def sample(self, batch: int, mix: Mix, seed: int) -> dict[str, np.ndarray]:
         return mixed_sample(self.buffers, batch, mix, np.random.default_rng(seed))
@@ -369,11 +375,17 @@ class RayReplay:
         self._closed = False
 
     def add_episode(
-        self, kind: str, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+        self,
+        kind: str,
+        images: np.ndarray,
+        states: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        tool_pixels: np.ndarray | None = None,
     ) -> None:
         # Fire and forget (calls from one caller run in order, so later samples see it); errors surface at
         # the next ``sizes``.
-        self._adds.append(self._replay.add_episode.remote(kind, images, states, actions, rewards))
+        self._adds.append(self._replay.add_episode.remote(kind, images, states, actions, rewards, tool_pixels))
         self._sizes = None
 
     def _check_adds(self) -> None:

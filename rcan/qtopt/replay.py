@@ -1,7 +1,9 @@
 """Replay buffer of n-step transitions: uint8 images in a numpy ring buffer, saved as a pickle-free npz.
 
 Layout: one slot per environment step (the state image before the action, the action, the n-step
-return and discount). The bootstrap state of slot i is slot i + k of the same episode, so every image is
+return and discount, and the episode's discounted return from that step on: the Monte-Carlo return that
+``mc_lower_bound`` training uses as a floor for its targets; where the fingertips appear in the image, NaN
+when unknown: the label of the auxiliary gripper-keypoint loss). The bootstrap state of slot i is slot i + k of the same episode, so every image is
 stored once (the terminal observation is never needed: there is no bootstrap from it). Episodes are kept
 contiguous (an episode that would straddle the end of the ring starts again at slot 0), and the ring is
 overwritten in increasing order, so a transition's bootstrap slot, always later in its own episode, is
@@ -39,6 +41,16 @@ def nstep_returns(rewards: np.ndarray, gamma: float, n: int) -> tuple[np.ndarray
     return ret.astype(np.float32), disc.astype(np.float32), off
 
 
+def mc_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """Per step t of a finished episode, its discounted return to the end: sum_j gamma^j r_{t+j}."""
+    out = np.zeros(len(rewards))
+    acc = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = float(rewards[t]) + gamma * acc
+        out[t] = acc
+    return out.astype(np.float32)
+
+
 class ReplayBuffer:
     """Fixed-capacity ring of n-step transitions (see the module docstring for the layout)."""
 
@@ -53,7 +65,9 @@ class ReplayBuffer:
         self.states = np.zeros((capacity, 2), np.float32)
         self.actions = np.zeros((capacity, 6), np.float32)
         self.returns = np.zeros(capacity, np.float32)
+        self.mc_returns = np.zeros(capacity, np.float32)
         self.discounts = np.zeros(capacity, np.float32)
+        self.tool_pixels = np.full((capacity, 2), np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
         self.pos = self.filled = self.episodes = self.steps = 0
@@ -67,10 +81,16 @@ class ReplayBuffer:
         return int(self.valid[: self.filled].sum())
 
     def add_episode(
-        self, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+        self,
+        images: np.ndarray,
+        states: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        tool_pixels: np.ndarray | None = None,
     ) -> None:
         """Append one finished episode: images (T, C, H, W) uint8 (state before each action), states (T, 2),
-        actions (T, 6), rewards (T,). The episode's last step must be terminal (GraspEnv's always is)."""
+        actions (T, 6), rewards (T,), optionally tool_pixels (T, 2). The episode's last step must be terminal
+        (GraspEnv's always is)."""
         t_len = len(rewards)
         if t_len == 0:
             return
@@ -88,6 +108,11 @@ class ReplayBuffer:
         self.states[s] = states
         self.actions[s] = actions
         self.returns[s], self.discounts[s], self.offsets[s] = ret, disc, off
+        self.mc_returns[s] = mc_returns(rewards, self.gamma)
+        if tool_pixels is None:
+            self.tool_pixels[s] = np.nan
+        else:
+            self.tool_pixels[s] = np.asarray(tool_pixels, np.float32).reshape(t_len, 2)
         self.valid[s] = True
         self.pos += t_len
         self.filled = max(self.filled, self.pos)
@@ -95,8 +120,8 @@ class ReplayBuffer:
         self.steps += t_len
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """A uniform batch: images, states, actions, returns, discounts, next_images, next_states (for a
-        transition without bootstrap, the next fields repeat the state; its discount is 0)."""
+        """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
+        next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its discount is 0)."""
         idx = np.flatnonzero(self.valid[: self.filled])
         if len(idx) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
@@ -108,6 +133,8 @@ class ReplayBuffer:
             "actions": self.actions[i],
             "returns": self.returns[i],
             "discounts": self.discounts[i],
+            "mc_returns": self.mc_returns[i],
+            "tool_pixels": self.tool_pixels[i],
             "next_images": self.images[j],
             "next_states": self.states[j],
         }
@@ -124,6 +151,8 @@ class ReplayBuffer:
             f"{prefix}actions": self.actions[:n],
             f"{prefix}returns": self.returns[:n],
             f"{prefix}discounts": self.discounts[:n],
+            f"{prefix}mc_returns": self.mc_returns[:n],
+            f"{prefix}tool_pixels": self.tool_pixels[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
         }
@@ -137,6 +166,12 @@ class ReplayBuffer:
             n = meta["filled"]
             for name in ("images", "states", "actions", "returns", "discounts", "offsets", "valid"):
                 getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]
+            if f"{prefix}mc_returns" in arrays:
+                buf.mc_returns[:n] = arrays[f"{prefix}mc_returns"]
+            else:  # written before version 0.3: no Monte-Carlo returns; 0 is no floor (targets are >= 0)
+                buf.mc_returns[:n] = 0.0
+            if f"{prefix}tool_pixels" in arrays:  # (older files: unknown, NaN, no auxiliary loss)
+                buf.tool_pixels[:n] = arrays[f"{prefix}tool_pixels"]
         except (KeyError, ValueError) as err:
             raise ValueError(f"replay data is incomplete or inconsistent ({err})") from None
         buf.pos, buf.filled, buf.episodes, buf.steps = meta["pos"], n, meta["episodes"], meta["steps"]
@@ -145,7 +180,7 @@ class ReplayBuffer:
     def equals(self, other: ReplayBuffer) -> bool:
         """Same contents and counters (for resume checks)."""
         a, b = self.to_arrays(), other.to_arrays()
-        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
 
 
 def buffers_to_arrays(buffers: Mapping[str, ReplayBuffer]) -> dict[str, np.ndarray]:
@@ -218,7 +253,13 @@ class ReplaySource(Protocol):
     carries ``next_values`` (the trainer computes them itself when a batch has none)."""
 
     def add_episode(
-        self, kind: str, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+        self,
+        kind: str,
+        images: np.ndarray,
+        states: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        tool_pixels: np.ndarray | None = None,
     ) -> None:
         """Append a finished episode to buffer ``kind`` (rewards already offset)."""
 
@@ -249,9 +290,15 @@ class LocalReplay:
         self._buffers = dict(buffers)
 
     def add_episode(
-        self, kind: str, images: np.ndarray, states: np.ndarray, actions: np.ndarray, rewards: np.ndarray
+        self,
+        kind: str,
+        images: np.ndarray,
+        states: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        tool_pixels: np.ndarray | None = None,
     ) -> None:
-        self._buffers[kind].add_episode(images, states, actions, rewards)
+        self._buffers[kind].add_episode(images, states, actions, rewards, tool_pixels)
 
     def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return mixed_sample(self._buffers, batch, mix, rng)

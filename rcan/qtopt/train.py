@@ -114,6 +114,13 @@ class TrainArgs:
     """Coordinate channels at the input and at the fusion (for learning where to grasp)."""
     keypoints: int = 0
     """Spatial-softmax keypoints fed to the action/state embedding (see ``QNetConfig``; 0: off)."""
+    gripper_keypoint: bool = False
+    """Locate the gripper in the image and give every cell of the fused map its offset from it (see
+    ``QNetConfig.gripper_keypoint``), so aiming becomes a local comparison."""
+    gripper_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the gripper keypoint where the fingertips are (squared
+    error in units of feature-map cells; labels from the simulator, stored in the replay; rows without a
+    label are skipped). Only with ``gripper_keypoint``."""
     batch_size: int = 32
     """Transitions per gradient step."""
     lr: float = 3e-4
@@ -129,6 +136,11 @@ class TrainArgs:
     is 1 for a success and 0 otherwise, and gamma still rewards fast grasps."""
     n_step: int = 3
     """n-step returns (shorter credit paths from the final grasp back to the aim)."""
+    mc_lower_bound: bool = False
+    """Floor each target at the transition's Monte-Carlo return (the episode's discounted return from that
+    step on): y = max(y_TD, G_t). Q*(s, a) >= Q^pi(s, a) for the policy that collected the data, so a
+    successful episode labels the moves that led to its grasp at once, instead of through many rounds of
+    bootstrapping from target networks that start out knowing nothing. Optimistic where success is luck."""
     tau: float = 0.005
     """Polyak rate of the first target network."""
     lag_every: int = 1000
@@ -348,6 +360,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         fc_hidden=args.fc_hidden,
         coord_channels=args.coord_channels,
         keypoints=args.keypoints,
+        gripper_keypoint=args.gripper_keypoint,
     )
 
 
@@ -434,6 +447,20 @@ def next_state_values(
             target1, target2, next_images, batch["next_states"][nxt], cem, generator
         )
     return v
+
+
+def gripper_aux_loss(
+    net: QNetwork, feats: torch.Tensor, tool_pixels: torch.Tensor, shifts: torch.Tensor, width: int
+) -> torch.Tensor:
+    """Squared distance, in feature-map cells, between the located gripper and where the simulator says the
+    fingertips are (moved by the same random shift as the image); rows without a label count for nothing."""
+    label = tool_pixels + shifts * (2.0 / width)
+    known = torch.isfinite(label).all(dim=1)
+    if not known.any():
+        return torch.zeros(())
+    cells = feats.shape[-1] / 2.0  # image units -> cells
+    err = (net.gripper_coords(feats[known]) - label[known]) * cells
+    return (err**2).sum(dim=1).mean()
 
 
 # -- the trainer -----------------------------------------------------------------------------------------
@@ -527,7 +554,7 @@ class Trainer:
         if ep.kind == "eval":
             return  # test objects: measured, never trained on
         rewards = ep.rewards + np.float32(self.args.reward_offset)
-        self.replay.add_episode(ep.kind, ep.images, ep.states, ep.actions, rewards)
+        self.replay.add_episode(ep.kind, ep.images, ep.states, ep.actions, rewards, ep.tool_pixels)
         self.env_steps += ep.length
 
     def batch_mix(self) -> tuple[tuple[str, float], ...]:
@@ -555,15 +582,25 @@ class Trainer:
         self.replay.sync_targets(self.target1, self.target2, self.grad_steps)  # no-op in-process
         batch = self.sample()
         pad = a.aug_pad
-        images = random_shift(batch["images"], pad, self.torch_rng)
+        images, shifts = random_shift(batch["images"], pad, self.torch_rng, return_shifts=True)
         nxt = batch["discounts"] > 0
         if "next_values" in batch:  # computed by the Ray Bellman actors
             v = batch["next_values"]
         else:
             v = next_state_values(batch, self.target1, self.target2, target_cem(a), pad, self.torch_rng)
         y = bellman_targets(batch["returns"], batch["discounts"], v)
-        logits = self.net(images, batch["states"], batch["actions"])
+        floored = torch.zeros(())
+        if a.mc_lower_bound:
+            mc = batch["mc_returns"].clamp(0.0, 1.0)
+            floored = (mc > y).float().mean()
+            y = torch.maximum(y, mc)
+        feats = self.net.features(images)
+        logits = self.net.head(feats, batch["states"], batch["actions"][:, None])[:, 0]
         loss = F.binary_cross_entropy_with_logits(logits, y)
+        aux = torch.zeros(())
+        if self.net.config.gripper_keypoint and a.gripper_aux_weight > 0:
+            aux = gripper_aux_loss(self.net, feats, batch["tool_pixels"], shifts, images.shape[-1])
+            loss = loss + a.gripper_aux_weight * aux
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip > 0:
@@ -581,6 +618,8 @@ class Trainer:
             "q": float(q.mean()),
             "target": float(y.mean()),
             "v_next": float(v[nxt].mean()) if nxt.any() else 0.0,
+            "mc_floored": float(floored),
+            "gripper_aux": float(aux.detach()),
         }
 
     # -- checkpoints --------------------------------------------------------------------------------

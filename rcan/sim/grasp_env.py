@@ -13,7 +13,8 @@ Action: Box(-1, 1, (6,)) = (dx, dy, dz, dyaw, gripper, terminate); displacements
 ``max_translation`` metres and ``max_rotation`` radians per step; gripper > 0 closes, <= 0 opens;
 terminate > 0 ends the episode. Reward: -0.05 per step, +1 on success at the last step.
 ``terminated`` is True at the end whichever way it came (the lift and its outcome are the episode's
-terminal event; time is not observed). ``info["is_success"]`` on the last step.
+terminal event; time is not observed). ``info["is_success"]`` on the last step; ``info["tool_pixel"]``:
+where the fingertips appear in the returned image (privileged, for auxiliary losses).
 
 Randomness: the physics (objects, divider, start pose) comes from ``self.np_random``; looks come from
 separate generators derived per episode, so the visual domain and any rendering never change the
@@ -157,7 +158,9 @@ class GraspEnv(gym.Env):
         self._yaw = self.cell.gripper.target_yaw
         self._step = 0
         self._style = self._sample_style(self.domain, self._look_rng)
-        return self._observation(), self._info()
+        info = self._info()
+        info["tool_pixel"] = self.tool_pixel()
+        return self._observation(), info
 
     def step(self, action: np.ndarray):
         if self._style is None:
@@ -191,6 +194,7 @@ class GraspEnv(gym.Env):
             info["is_success"] = success
         if self.restyle_every_step:
             self._style = self._sample_style(self.domain, self._look_rng)
+        info["tool_pixel"] = self.tool_pixel()
         return self._observation(), reward, done, False, info
 
     def render(self) -> np.ndarray | None:
@@ -259,6 +263,14 @@ class GraspEnv(gym.Env):
             "closed": g.closed,
             "step": self._step,
         }
+
+    def tool_pixel(self) -> np.ndarray:
+        """Where the fingertips' centre appears in the current observation: (x, y) in [-1, 1], x to the right,
+        y downwards (privileged: an auxiliary training label, never an input; also in ``info``)."""
+        if self._style is None:
+            raise RuntimeError("call reset() before tool_pixel()")
+        tool = self.cell.gripper.tool_position()
+        return self.renderer.project(self._style, tool[None])[0].astype(np.float32)
 
     def object_positions(self) -> np.ndarray:
         return self.cell.object_positions()

@@ -105,6 +105,16 @@ class Renderer:
         target = np.add(cam.target, j.camera_target_offset)
         return self.client.computeViewMatrix(eye.tolist(), target.tolist(), list(cam.up))
 
+    def project(self, style: FrameStyle, points: np.ndarray) -> np.ndarray:
+        """World points (N, 3) -> image coordinates (N, 2) in [-1, 1] (x to the right, y downwards, pixel
+        centres of a size-S image at -1 + (2i + 1) / S), as seen in a frame rendered with ``style``."""
+        view = np.asarray(self.view_matrix(style), dtype=np.float64).reshape(4, 4).T  # column-major lists
+        proj = np.asarray(self._proj, dtype=np.float64).reshape(4, 4).T
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        clip = (proj @ view @ np.c_[p, np.ones(len(p))].T).T
+        ndc = clip[:, :2] / clip[:, 3:4]
+        return np.stack([ndc[:, 0], -ndc[:, 1]], axis=1)
+
     def render(self, style: FrameStyle, size: int, aux: bool = False) -> Frame:
         """Render ``style`` at ``size`` x ``size``; ``aux`` adds depth (metres) and segmentation classes."""
         self.apply_style(style)

@@ -554,7 +554,10 @@ class Trainer:
         if ep.kind == "eval":
             return  # test objects: measured, never trained on
         rewards = ep.rewards + np.float32(self.args.reward_offset)
-        self.replay.add_episode(ep.kind, ep.images, ep.states, ep.actions, rewards, ep.tool_pixels)
+        # Gripper-keypoint labels come from the simulator only: a real robot's episodes give images and
+        # rewards (the stand-in "real" domain could label them, but a real cell would need a calibration).
+        labels = None if ep.kind == "real" else ep.tool_pixels
+        self.replay.add_episode(ep.kind, ep.images, ep.states, ep.actions, rewards, labels)
         self.env_steps += ep.length
 
     def batch_mix(self) -> tuple[tuple[str, float], ...]:

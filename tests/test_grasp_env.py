@@ -276,3 +276,31 @@ def test_tool_pixel_is_where_the_gripper_appears(domain):
                 break
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("domain", ["canonical", "mild"])
+def test_a_seeded_episode_is_the_same_after_other_episodes_and_world_rebuilds(domain):
+    """Physics and frames of reset(seed) + actions do not depend on what the env did before, including
+    the periodic rebuild of its PyBullet servers (which bounds PyBullet's memory growth)."""
+
+    def episode(env: GraspEnv, before: int) -> tuple[np.ndarray, np.ndarray]:
+        for s in range(before):
+            env.reset(seed=100 + s)
+        obs, _ = env.reset(seed=5)
+        frames = [obs["image"]]
+        for a in _actions(6, seed=1):
+            obs, *_ = env.step(a)
+            frames.append(obs["image"])
+        return env.sim_state(), np.stack(frames)
+
+    fresh, used, rebuilt = GraspEnv(domain=domain), GraspEnv(domain=domain), GraspEnv(domain=domain, rebuild_every=2)
+    try:
+        state0, frames0 = episode(fresh, 0)
+        for env in (used, rebuilt):
+            state, frames = episode(env, 5)
+            np.testing.assert_array_equal(state, state0)
+            np.testing.assert_array_equal(frames, frames0)
+        assert rebuilt._episodes_in_world == 2  # it did rebuild: 6 episodes, a new world every 2
+    finally:
+        for env in (fresh, used, rebuilt):
+            env.close()

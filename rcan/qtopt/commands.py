@@ -1,4 +1,5 @@
-"""CLI wiring for the agent: ``rcan train-agent`` and ``rcan evaluate``. Imports torch only when run."""
+"""CLI wiring for the agent: ``rcan train-agent``, ``rcan evaluate`` and ``rcan learning-curve``. Imports
+torch only when run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rcan.qtopt import INPUT_MODES
 
 
 def register(sub: Any) -> None:
-    """Add ``train-agent`` and ``evaluate`` to the ``rcan`` parser's subparsers."""
+    """Add ``train-agent``, ``evaluate`` and ``learning-curve`` to the ``rcan`` parser's subparsers."""
     p = sub.add_parser(
         "train-agent",
         help="train the QT-Opt grasping agent in simulation",
@@ -89,6 +90,20 @@ def register(sub: Any) -> None:
     e.add_argument("--generator", default=None, help="RCAN generator for an rcan agent (default: beside it)")
     e.set_defaults(func=_cmd_evaluate)
 
+    c = sub.add_parser(
+        "learning-curve",
+        help="plot greedy test-object success against grasps collected for training runs",
+        description=(
+            "Reads RUN/episodes.jsonl (and RUN/progress.jsonl for minutes) of each run; plots the success of "
+            "the last WINDOW greedy episodes on unseen test objects, with a Wilson 95%% band, against the "
+            "simulated grasps collected; prints a short table."
+        ),
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN", help="training run directories")
+    c.add_argument("--out", required=True, help="PNG file to write")
+    c.add_argument("--window", type=int, default=100, help="greedy episodes per point (default 100)")
+    c.set_defaults(func=_cmd_learning_curve)
+
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
     from rcan.qtopt.train import resolve_args, train
@@ -134,4 +149,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"{r['domain']}: {r['success_rate']:.1%} success ({r['successes']}/{r['attempts']}), "
         f"Wilson 95% [{lo:.1%}, {hi:.1%}]; wrote {r['result_json']} and {r['frames_png']}"
     )
+    return 0
+
+
+def _cmd_learning_curve(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rcan.qtopt.curves import learning_curve, plot_learning_curves
+
+    curves = [learning_curve(run, args.window) for run in args.runs]
+    out = plot_learning_curves(curves, args.out)
+    for c in curves:
+        marks = np.unique(np.linspace(0, len(c.grasps) - 1, 6).round().astype(int))
+        cells = ", ".join(
+            f"{c.grasps[i]} grasps ({c.minutes[i]:.0f} min): {c.success[i]:.0%}" if c.minutes[i] == c.minutes[i]
+            else f"{c.grasps[i]} grasps: {c.success[i]:.0%}"
+            for i in marks
+        )
+        print(f"{c.name}: {cells}")
+    print(f"wrote {out}")
     return 0

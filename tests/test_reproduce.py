@@ -64,3 +64,15 @@ def test_reproduce_cli_errors(tmp_path, capsys) -> None:
     (bad / rep.PIECES_FILE).write_text("{not json")
     assert main(["reproduce", "--preset", "tiny", "--out", str(bad)]) == 2
     assert "not an rcan reproduce record" in capsys.readouterr().err
+
+
+def test_learning_curves_of_the_agents_that_have_greedy_episodes(tmp_path) -> None:
+    out = tmp_path / "repro"
+    assert rep.learning_curves(out) is None  # nothing trained yet
+    for agent, n_eval in (("canonical", 6), ("mild", 0)):  # mild: no greedy episodes (like the tiny preset)
+        run = out / "agents" / agent
+        run.mkdir(parents=True)
+        rows = [{"kind": "scripted", "success": False}] * 4 + [{"kind": "eval", "success": i % 2 == 0} for i in range(n_eval)]
+        (run / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = rep.learning_curves(out)
+    assert path == out / "learning_curves.png" and path.read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,8 @@ again with the same command, a run skips finished pieces and resumes the trainin
    50/50 with simulated on-policy ones, the generator frozen, in ``stages`` equal steps up to the large
    budget; ``eval:<agent>:ft<k>`` in ``real`` after the first stage (the small budget) and the last, and
    after every stage for RCAN and mild randomization (Figure 4).
-4. ``DIR/report.md``, ``DIR/report.html``, ``figure4.png``, ``figure3_real.png``, ``config.json``.
+4. ``DIR/report.md``, ``DIR/report.html``, ``figure4.png``, ``learning_curves.png``, ``figure3_real.png``,
+   ``config.json``.
 
 Budgets. The paper's 5,000 and 28,000 real grasps were small next to its simulated grasps; here the large
 budget is ``real_fraction`` (5%) of the agent's simulated training episodes (at least
@@ -415,6 +416,7 @@ def write_report(out: Path, args: ReproduceArgs, results: dict[str, Any], genera
     import html
 
     fig4 = figure4(out, results, args)
+    curves = learning_curves(out)
     env = environment_info()
     config = {"args": dataclasses.asdict(args), "generator": generator, "environment": env}
     write_json_atomic(out / "config.json", config)
@@ -448,6 +450,13 @@ def write_report(out: Path, args: ReproduceArgs, results: dict[str, Any], genera
         "",
         "![figure 4](figure4.png)" if fig4 else "(no finetuning evaluations yet)",
         "",
+        "## Learning curves",
+        "",
+        "Greedy success on unseen test objects in each agent's own training domain (the last 100 greedy "
+        "episodes during training, Wilson 95% band) against the simulated grasps collected.",
+        "",
+        "![learning curves](learning_curves.png)" if curves else "(no greedy episodes during training)",
+        "",
         "## The generator on `real` images (Figure 3 style)",
         "",
         "Columns: `real` input | generated canonical RGB | true canonical | generated segmentation | "
@@ -475,6 +484,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:90%}}pre{{background:#f4f
 <h2>Table 1</h2>{table}
 <p>{esc(budgets)}</p>
 <h2>Figure 4</h2>{'<img src="figure4.png" alt="figure 4">' if fig4 else "<p>(no finetuning evaluations yet)</p>"}
+<h2>Learning curves</h2>{'<img src="learning_curves.png" alt="learning curves">' if curves else "<p>(none)</p>"}
 <h2>The generator on real images</h2><img src="figure3_real.png" alt="generator on real images">
 <h2>Configuration</h2><pre>{esc(json.dumps(config, indent=2))}</pre>
 </body></html>
@@ -483,4 +493,21 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:90%}}pre{{background:#f4f
     paths = {"report_md": md_path, "report_html": html_path, "config": out / "config.json"}
     if fig4:
         paths["figure4"] = fig4
+    if curves:
+        paths["learning_curves"] = curves
     return paths
+
+
+def learning_curves(out: Path) -> Path | None:
+    """``learning_curves.png``: the agents' greedy success against grasps collected while they trained."""
+    from rcan.qtopt.curves import learning_curve, plot_learning_curves
+
+    curves = []
+    for agent in AGENTS:
+        try:
+            c = learning_curve(out / "agents" / agent)
+        except (FileNotFoundError, ValueError):
+            continue  # not trained yet, or no greedy episodes (the tiny preset has none)
+        c.name = LABELS[agent]
+        curves.append(c)
+    return plot_learning_curves(curves, out / "learning_curves.png", goal=None) if curves else None

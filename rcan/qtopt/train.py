@@ -202,6 +202,10 @@ class TrainArgs:
     real_fraction: float = 0.5
     """Joint finetuning: the fraction of episodes run in ``real_domain`` (the rest are simulated on-policy
     episodes in the training domain) and of each batch drawn from them."""
+    finetune_keep_replay: bool = False
+    """Joint finetuning from a run directory: start with that run's simulated replay (scripted and
+    on-policy), so the simulated part of each batch draws on all the agent learned from and not only on
+    the few fresh episodes; the fresh simulated on-policy episodes go into it (off: fresh data only)."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -314,6 +318,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")
     if bool(args.finetune_from) != (args.real_episodes > 0):
         raise ValueError("joint finetuning needs both finetune_from (a trained agent) and real_episodes > 0")
+    if args.finetune_keep_replay and not args.finetune_from:
+        raise ValueError("finetune_keep_replay is for joint finetuning (with finetune_from)")
     if args.finetune_from:
         from rcan.sim.domains import DOMAINS
 
@@ -333,10 +339,16 @@ def args_to_json(args: TrainArgs) -> str:
     return json.dumps(dataclasses.asdict(args), sort_keys=True)
 
 
+LEGACY_DEFAULTS: dict[str, Any] = {"mc_lower_bound": False, "gripper_keypoint": False, "finetune_keep_replay": False}
+"""Values of fields added after runs were saved without them: what those runs did (the defaults changed)."""
+
+
 def args_from_json(text: str) -> TrainArgs:
     d = json.loads(text)
     names = {f.name for f in dataclasses.fields(TrainArgs)}
     d = {k: v for k, v in d.items() if k in names}
+    for k, v in LEGACY_DEFAULTS.items():
+        d.setdefault(k, v)
     for key in ("channels", "strides"):
         if key in d:
             d[key] = tuple(d[key])
@@ -523,6 +535,24 @@ class Trainer:
             )
         for target in (self.net, self.target1, self.target2):
             target.load_state_dict(net.state_dict())
+        if self.args.finetune_keep_replay:
+            self._keep_replay_of(Path(agent))
+
+    def _keep_replay_of(self, run: Path) -> None:
+        """Load the simulated buffers of the training run ``run`` (``finetune_keep_replay``)."""
+        state = run / STATE_FILE
+        if not state.is_file():
+            raise ValueError(f"finetune_keep_replay needs a training run directory with {STATE_FILE}; got {run}")
+        name = _read_state_meta(state).get("replay_file")
+        if not name:
+            raise ValueError(f"{state} names no replay file")
+        source = load_replays(run / name)
+        buffers = self.replay.buffers()
+        for kind in ("scripted", "policy"):
+            if kind not in source or source[kind].image_shape != buffers[kind].image_shape:
+                raise ValueError(f"{run / name} has no {kind!r} buffer of {buffers[kind].image_shape} images")
+            buffers[kind] = source[kind]
+        self.replay.load(buffers)
 
     # -- data ---------------------------------------------------------------------------------------
     @property
@@ -565,6 +595,9 @@ class Trainer:
         """QT-Opt's half on-policy, half scripted exploration; in joint finetuning, real and simulated
         on-policy data (``real_fraction`` real)."""
         if self.args.finetune_from:
+            if self.args.finetune_keep_replay:  # the simulated part: half fresh-and-old on-policy, half scripted
+                sim = 1.0 - self.args.real_fraction
+                return (("real", self.args.real_fraction), ("policy", sim / 2), ("scripted", 1.0))
             return (("real", self.args.real_fraction), ("policy", 1.0))
         return (("policy", self.args.online_fraction), ("scripted", 1.0))
 

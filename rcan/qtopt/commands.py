@@ -162,8 +162,9 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
     for c in curves:
         marks = np.unique(np.linspace(0, len(c.grasps) - 1, 6).round().astype(int))
         cells = ", ".join(
-            f"{c.grasps[i]} grasps ({c.minutes[i]:.0f} min): {c.success[i]:.0%}" if c.minutes[i] == c.minutes[i]
-            else f"{c.grasps[i]} grasps: {c.success[i]:.0%}"
+            f"{c.grasps[i]} grasps: {c.success[i]:.0%}"
+            if np.isnan(c.minutes[i])  # a run without progress.jsonl
+            else f"{c.grasps[i]} grasps ({c.minutes[i]:.0f} min): {c.success[i]:.0%}"
             for i in marks
         )
         print(f"{c.name}: {cells}")

@@ -104,11 +104,11 @@ def _cell_centres(h: int, w: int, device: torch.device, dtype: torch.dtype) -> t
     return torch.stack([xx, yy])[None]
 
 
-def _soft_argmax(heat: torch.Tensor) -> torch.Tensor:
-    """(B, K, h, w) scores -> (B, K, 2): expected cell centre (x, y) under each channel's softmax."""
+def _soft_argmax(heat: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) scores, (1, 2, h, w) cell coordinates -> (B, K, 2): expected (x, y) under each channel's
+    softmax over the map."""
     prob = torch.softmax(heat.flatten(2), dim=-1).view_as(heat)
-    c = _cell_centres(heat.shape[2], heat.shape[3], heat.device, heat.dtype)
-    return torch.stack([(prob * c[:, 0:1]).sum((2, 3)), (prob * c[:, 1:2]).sum((2, 3))], dim=-1)
+    return torch.stack([(prob * grid[:, 0:1]).sum((2, 3)), (prob * grid[:, 1:2]).sum((2, 3))], dim=-1)
 
 
 def action_features(actions: torch.Tensor) -> torch.Tensor:
@@ -177,8 +177,8 @@ class QNetwork(nn.Module):
                 [f, _coords(f.shape[2], f.shape[3], f.device, f.dtype).expand(f.shape[0], -1, -1, -1)], 1
             )
         if self.config.gripper_keypoint:
-            g = _soft_argmax(self.gripper_conv(f))[:, 0]  # (B, 2)
             centres = _cell_centres(f.shape[2], f.shape[3], f.device, f.dtype)
+            g = _soft_argmax(self.gripper_conv(f), centres)[:, 0]  # (B, 2), in tool_pixel's coordinates
             f = torch.cat([f, centres - g[:, :, None, None]], 1)
         return f
 
@@ -193,10 +193,8 @@ class QNetwork(nn.Module):
     def keypoint_coords(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) -> (B, 2K): the expected x and y (in [-1, 1]) of each keypoint's softmax over the map."""
         heat = self.keypoint_conv(feats)
-        prob = torch.softmax(heat.flatten(2), dim=-1).view_as(heat)
-        xs = torch.linspace(-1.0, 1.0, heat.shape[3], dtype=heat.dtype)
-        ys = torch.linspace(-1.0, 1.0, heat.shape[2], dtype=heat.dtype)
-        return torch.cat([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], dim=1)
+        xy = _soft_argmax(heat, _coords(heat.shape[2], heat.shape[3], heat.device, heat.dtype))
+        return torch.cat([xy[..., 0], xy[..., 1]], dim=1)
 
     def head(
         self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, chunk: int = 256

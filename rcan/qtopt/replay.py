@@ -1,13 +1,14 @@
 """Replay buffer of n-step transitions: uint8 images in a numpy ring buffer, saved as a pickle-free npz.
 
-Layout: one slot per environment step (the state image before the action, the action, the n-step
-return and discount, and the episode's discounted return from that step on: the Monte-Carlo return that
-``mc_lower_bound`` training uses as a floor for its targets; where the fingertips appear in the image, NaN
-when unknown: the label of the auxiliary gripper-keypoint loss). The bootstrap state of slot i is slot i + k of the same episode, so every image is
-stored once (the terminal observation is never needed: there is no bootstrap from it). Episodes are kept
-contiguous (an episode that would straddle the end of the ring starts again at slot 0), and the ring is
-overwritten in increasing order, so a transition's bootstrap slot, always later in its own episode, is
-overwritten only after the transition itself: no transition ever points at a foreign image.
+Layout: one slot per environment step: the state image before the action, the action, the n-step
+return and discount, the episode's discounted return from that step on (the Monte-Carlo return that
+``mc_lower_bound`` training uses as a floor for its targets), and where the fingertips appear in the
+image (NaN when unknown; the label of the auxiliary gripper-keypoint loss). The bootstrap state of slot
+i is slot i + k of the same episode, so every image is stored once (the terminal observation is never
+needed: there is no bootstrap from it). Episodes are kept contiguous (an episode that would straddle the
+end of the ring starts again at slot 0), and the ring is overwritten in increasing order, so a
+transition's bootstrap slot, always later in its own episode, is overwritten only after the transition
+itself: no transition ever points at a foreign image.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its discount is 0)."""
+        next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its
+        discount is 0)."""
         idx = np.flatnonzero(self.valid[: self.filled])
         if len(idx) == 0:
             raise ValueError("cannot sample from an empty replay buffer")

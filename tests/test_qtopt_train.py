@@ -143,17 +143,25 @@ def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp
     assert kinds <= {"real", "policy"} and "real" in kinds
 
 
-def test_joint_finetuning_can_keep_the_simulated_replay(tmp_path) -> None:
+def test_joint_finetuning_can_continue_the_training_run(tmp_path) -> None:
     base = tmp_path / "base"
-    Trainer(make_args("tiny", out=str(base), seed=1)).run()
+    trained = Trainer(make_args("tiny", out=str(base), seed=1))
+    trained.run()
     state_meta = json.loads(json.dumps(load_safetensors(base / STATE_FILE)[1]))
     source = load_replays(base / state_meta["replay_file"])
     args = make_args(
-        "tiny", out=str(tmp_path / "tuned"), seed=2, finetune_from=str(base), real_episodes=2, finetune_keep_replay=True
+        "tiny", out=str(tmp_path / "tuned"), seed=2, finetune_from=str(base), real_episodes=2, finetune_continue=True
     )
     t = Trainer(args)
     for kind in ("scripted", "policy"):
         assert t.replays[kind].equals(source[kind])  # starts from everything the agent learned from
+    # The learner carries on: online and target networks and the optimizer's moments as the run left them.
+    for mine, theirs in ((t.net, trained.net), (t.target1, trained.target1), (t.target2, trained.target2)):
+        for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    moments, expected = t.opt.state_dict()["state"], trained.opt.state_dict()["state"]
+    assert moments.keys() == expected.keys() and len(moments) > 0
+    assert all(torch.equal(moments[i]["exp_avg_sq"], expected[i]["exp_avg_sq"]) for i in expected)
     assert len(t.replays["real"]) == 0
     assert t.batch_mix() == (("real", 0.5), ("policy", 0.25), ("scripted", 1.0))
     before = len(t.replays["policy"])
@@ -162,19 +170,19 @@ def test_joint_finetuning_can_keep_the_simulated_replay(tmp_path) -> None:
     # The labels of the gripper keypoint come from simulated episodes only.
     assert np.isnan(t.replays["real"].tool_pixels[: len(t.replays["real"])]).all()
     assert not np.isnan(t.replays["scripted"].tool_pixels[: len(t.replays["scripted"])]).any()
-    with pytest.raises(ValueError, match="keep_replay"):
-        make_args("tiny", out=str(tmp_path / "x"), finetune_keep_replay=True)
+    with pytest.raises(ValueError, match="finetune_continue"):
+        make_args("tiny", out=str(tmp_path / "x"), finetune_continue=True)
     agent_file = base / "agent.safetensors"
     with pytest.raises(ValueError, match="training run directory"):
-        Trainer(make_args("tiny", out=str(tmp_path / "y"), finetune_from=str(agent_file), real_episodes=2, finetune_keep_replay=True))
+        Trainer(make_args("tiny", out=str(tmp_path / "y"), finetune_from=str(agent_file), real_episodes=2, finetune_continue=True))
 
 
 def test_runs_saved_before_the_new_defaults_resume_as_they_were() -> None:
     from rcan.qtopt.train import args_from_json, args_to_json
 
     d = json.loads(args_to_json(make_args("tiny")))
-    for name in ("mc_lower_bound", "gripper_keypoint", "finetune_keep_replay"):
+    for name in ("mc_lower_bound", "gripper_keypoint", "finetune_continue"):
         del d[name]
     old = args_from_json(json.dumps(d))
-    assert not old.mc_lower_bound and not old.gripper_keypoint and not old.finetune_keep_replay
+    assert not old.mc_lower_bound and not old.gripper_keypoint and not old.finetune_continue
     assert make_args("default").mc_lower_bound and make_args("default").gripper_keypoint

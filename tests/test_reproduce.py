@@ -64,6 +64,9 @@ def test_reproduce_cli_errors(tmp_path, capsys) -> None:
     (bad / rep.PIECES_FILE).write_text("{not json")
     assert main(["reproduce", "--preset", "tiny", "--out", str(bad)]) == 2
     assert "not an rcan reproduce record" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="finetune"):
+        rep.make_args("tiny", finetune="warm")
+    assert rep.make_args("tiny", finetune="continue").finetune == "continue"
 
 
 def test_learning_curves_of_the_agents_that_have_greedy_episodes(tmp_path) -> None:

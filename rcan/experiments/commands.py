@@ -22,6 +22,13 @@ def register(sub: Any) -> None:
     p.add_argument("--attempts", type=int, default=None, help="grasp attempts per evaluation (default 102)")
     p.add_argument("--agent-minutes", type=float, default=None, help="training minutes per agent")
     p.add_argument("--collectors", type=int, default=None, help="collector processes per training run")
+    p.add_argument(
+        "--finetune",
+        choices=("fresh", "continue"),
+        default=None,
+        help="joint finetuning from the agent's weights with a new optimizer and replay (fresh), or carrying "
+        "on its training run with the real grasps mixed in (continue)",
+    )
     p.add_argument("--backend", choices=("local", "ray"), default=None)
     p.add_argument("--address", default=None, help="with --backend ray: the cluster to join")
     p.set_defaults(func=_cmd_reproduce)
@@ -39,6 +46,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             "attempts": args.attempts,
             "agent_minutes": args.agent_minutes,
             "collectors": args.collectors,
+            "finetune": args.finetune,
             "backend": args.backend,
             "address": args.address,
         }.items()

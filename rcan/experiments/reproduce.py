@@ -91,6 +91,9 @@ class ReproduceArgs:
     """Floor on the large budget (real episodes)."""
     stages: int = 5
     """Finetuning stages up to the large budget; Figure 4 evaluates after each."""
+    finetune: str = "fresh"
+    """How joint finetuning starts from a trained agent: ``fresh`` (its weights; new optimizer and replay)
+    or ``continue`` (the training run carries on: its target networks, optimizer and simulated replay)."""
     figure4_agents: tuple[str, ...] = ("rcan", "mild")
     """Agents evaluated after every finetuning stage (Figure 4)."""
     grid_frames: int = 8
@@ -124,6 +127,8 @@ def make_args(preset: str = "default", **overrides: Any) -> ReproduceArgs:
         raise ValueError("stages and attempts must be >= 1, and min_real_episodes >= stages")
     if not 0.0 < args.real_fraction <= 1.0:
         raise ValueError(f"real_fraction must be in (0, 1], got {args.real_fraction}")
+    if args.finetune not in ("fresh", "continue"):
+        raise ValueError(f"finetune must be 'fresh' or 'continue', got {args.finetune!r}")
     unknown = set(args.figure4_agents) - set(AGENTS)
     if unknown:
         raise ValueError(f"unknown figure-4 agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
@@ -248,6 +253,7 @@ def reproduce(args: ReproduceArgs) -> dict[str, Path]:
                 o = {
                     **train_overrides,
                     "finetune_from": str(run),
+                    "finetune_continue": args.finetune == "continue",
                     "real_episodes": budget,
                     "eval_prob": 0.0,
                     "minutes": 0.0,

@@ -202,10 +202,12 @@ class TrainArgs:
     real_fraction: float = 0.5
     """Joint finetuning: the fraction of episodes run in ``real_domain`` (the rest are simulated on-policy
     episodes in the training domain) and of each batch drawn from them."""
-    finetune_keep_replay: bool = False
-    """Joint finetuning from a run directory: start with that run's simulated replay (scripted and
-    on-policy), so the simulated part of each batch draws on all the agent learned from and not only on
-    the few fresh episodes; the fresh simulated on-policy episodes go into it (off: fresh data only)."""
+    finetune_continue: bool = False
+    """Joint finetuning from a run directory: carry on that run's training instead of restarting it: its
+    online and both target networks, its optimizer state and its simulated replay (scripted and on-policy),
+    so the simulated half of each batch draws on all the agent learned from, not only on a few fresh
+    episodes, and the first updates are not a fresh Adam's full-size steps (off: the agent's weights only,
+    fresh optimizer and replay)."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -318,8 +320,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")
     if bool(args.finetune_from) != (args.real_episodes > 0):
         raise ValueError("joint finetuning needs both finetune_from (a trained agent) and real_episodes > 0")
-    if args.finetune_keep_replay and not args.finetune_from:
-        raise ValueError("finetune_keep_replay is for joint finetuning (with finetune_from)")
+    if args.finetune_continue and not args.finetune_from:
+        raise ValueError("finetune_continue is for joint finetuning (with finetune_from)")
     if args.finetune_from:
         from rcan.sim.domains import DOMAINS
 
@@ -339,7 +341,7 @@ def args_to_json(args: TrainArgs) -> str:
     return json.dumps(dataclasses.asdict(args), sort_keys=True)
 
 
-LEGACY_DEFAULTS: dict[str, Any] = {"mc_lower_bound": False, "gripper_keypoint": False, "finetune_keep_replay": False}
+LEGACY_DEFAULTS: dict[str, Any] = {"mc_lower_bound": False, "gripper_keypoint": False, "finetune_continue": False}
 """Values of fields added after runs were saved without them: what those runs did (the defaults changed)."""
 
 
@@ -524,9 +526,13 @@ class Trainer:
             self._start_from(args.finetune_from)
 
     def _start_from(self, agent: str) -> None:
-        """Joint finetuning starts from a trained agent: its weights in the online and both target nets."""
+        """Joint finetuning starts from a trained agent: its weights in the online and both target nets
+        (``finetune_continue``: the run's whole training state and simulated replay)."""
         from rcan.qtopt.agent import load_network
 
+        if self.args.finetune_continue:
+            self._continue_run(Path(agent))
+            return
         net, meta = load_network(agent)
         if net.config != self.net.config or meta.get("input_mode") != self.args.input:
             raise ValueError(
@@ -535,15 +541,21 @@ class Trainer:
             )
         for target in (self.net, self.target1, self.target2):
             target.load_state_dict(net.state_dict())
-        if self.args.finetune_keep_replay:
-            self._keep_replay_of(Path(agent))
 
-    def _keep_replay_of(self, run: Path) -> None:
-        """Load the simulated buffers of the training run ``run`` (``finetune_keep_replay``)."""
+    def _continue_run(self, run: Path) -> None:
+        """``finetune_continue``: the networks, optimizer and simulated buffers of the training run ``run``."""
         state = run / STATE_FILE
         if not state.is_file():
-            raise ValueError(f"finetune_keep_replay needs a training run directory with {STATE_FILE}; got {run}")
-        name = _read_state_meta(state).get("replay_file")
+            raise ValueError(f"finetune_continue needs a training run directory with {STATE_FILE}; got {run}")
+        tensors, meta = load_safetensors(state, expect_format=STATE_FORMAT)
+        source_args = args_from_json(meta["args"])
+        if network_config(source_args) != network_config(self.args) or source_args.input != self.args.input:
+            raise ValueError(
+                f"{run} trained a {source_args.input!r} agent with another network; cannot finetune it as "
+                f"--input {self.args.input} with this preset"
+            )
+        self._load_learner(state, tensors, meta)
+        name = meta.get("replay_file")
         if not name:
             raise ValueError(f"{state} names no replay file")
         source = load_replays(run / name)
@@ -595,7 +607,7 @@ class Trainer:
         """QT-Opt's half on-policy, half scripted exploration; in joint finetuning, real and simulated
         on-policy data (``real_fraction`` real)."""
         if self.args.finetune_from:
-            if self.args.finetune_keep_replay:  # the simulated part: half fresh-and-old on-policy, half scripted
+            if self.args.finetune_continue:  # the simulated part: half fresh-and-old on-policy, half scripted
                 sim = 1.0 - self.args.real_fraction
                 return (("real", self.args.real_fraction), ("policy", sim / 2), ("scripted", 1.0))
             return (("real", self.args.real_fraction), ("policy", 1.0))
@@ -719,9 +731,8 @@ class Trainer:
             if p.name != self.replay_file:
                 p.unlink(missing_ok=True)
 
-    def load_checkpoint(self) -> None:
-        path = self.run_dir / STATE_FILE
-        tensors, meta = load_safetensors(path, expect_format=STATE_FORMAT)
+    def _load_learner(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+        """The online and target networks and the optimizer from a training state."""
         try:
             for name, net in (("net", self.net), ("target1", self.target1), ("target2", self.target2)):
                 sd = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
@@ -731,6 +742,11 @@ class Trainer:
                 f"{path}: weights do not match the run's network ({str(err).splitlines()[0]})"
             ) from None
         load_optimizer_state(self.opt, tensors, meta, prefix="opt.")
+
+    def load_checkpoint(self) -> None:
+        path = self.run_dir / STATE_FILE
+        tensors, meta = load_safetensors(path, expect_format=STATE_FORMAT)
+        self._load_learner(path, tensors, meta)
         load_rng_state(tensors, meta)
         self.torch_rng.set_state(tensors["torch_rng"].clone())
         self.rng.bit_generator.state = json.loads(meta["np_rng"])

@@ -84,6 +84,7 @@ def bench_cem(steps: int) -> dict[str, Any]:
 
 
 def bench_grad(steps: int) -> dict[str, Any]:
+    from rcan.qtopt.replay import EpisodeSteps
     from rcan.qtopt.train import Trainer, make_args
 
     args = make_args("default", out=os.devnull, scripted_capacity=2000, policy_capacity=2000)
@@ -93,10 +94,12 @@ def bench_grad(steps: int) -> dict[str, Any]:
         for _ in range(100):
             t_len = int(rng.integers(4, 15))
             trainer.replays[kind].add_episode(
-                rng.integers(0, 256, (t_len, 3, 64, 64), dtype=np.uint8),
-                np.stack([rng.integers(0, 2, t_len), rng.uniform(0, 0.3, t_len)], 1).astype(np.float32),
-                rng.uniform(-1, 1, (t_len, 6)).astype(np.float32),
-                np.r_[np.full(t_len - 1, -0.05), rng.choice([-0.05, 0.95])].astype(np.float32),
+                EpisodeSteps(
+                    rng.integers(0, 256, (t_len, 3, 64, 64), dtype=np.uint8),
+                    np.stack([rng.integers(0, 2, t_len), rng.uniform(0, 0.3, t_len)], 1).astype(np.float32),
+                    rng.uniform(-1, 1, (t_len, 6)).astype(np.float32),
+                    np.r_[np.full(t_len - 1, -0.05), rng.choice([-0.05, 0.95])].astype(np.float32),
+                )
             )
     for _ in range(3):
         trainer.train_step()

@@ -10,7 +10,14 @@ import torch
 
 from rcan.qtopt.cem import CEMConfig, cem_maximize
 from rcan.qtopt.network import QNetConfig, QNetwork, count_macs, count_parameters, random_shift
-from rcan.qtopt.replay import ReplayBuffer, load_replays, mc_returns, nstep_returns, save_replays
+from rcan.qtopt.replay import (
+    EpisodeSteps,
+    ReplayBuffer,
+    load_replays,
+    mc_returns,
+    nstep_returns,
+    save_replays,
+)
 from rcan.qtopt.train import bellman_targets, clipped_double_q_values
 
 
@@ -144,8 +151,8 @@ def test_mc_returns_hand_made_and_stored_per_slot(tmp_path) -> None:
     np.testing.assert_allclose(mc_returns(np.zeros(4, np.float32), 0.9), np.zeros(4))
     buf = ReplayBuffer(16, (3, 8, 8), gamma=0.9, n_step=1)
     images = np.zeros((3, 3, 8, 8), np.uint8)
-    buf.add_episode(images, np.zeros((3, 2), np.float32), np.zeros((3, 6), np.float32), r)
-    buf.add_episode(images[:2], np.zeros((2, 2), np.float32), np.zeros((2, 6), np.float32), r[:2])
+    buf.add_episode(EpisodeSteps(images, np.zeros((3, 2), np.float32), np.zeros((3, 6), np.float32), r))
+    buf.add_episode(EpisodeSteps(images[:2], np.zeros((2, 2), np.float32), np.zeros((2, 6), np.float32), r[:2]))
     np.testing.assert_allclose(buf.mc_returns[:5], [0.81, 0.9, 1.0, 0.0, 0.0], atol=1e-6)
     batch = buf.sample(64, np.random.default_rng(0))
     allowed = np.array([0.0, 0.81, 0.9, 1.0])
@@ -179,13 +186,13 @@ def test_clipped_double_q_takes_min_at_target1_argmax() -> None:
     torch.testing.assert_close(torch.sigmoid(l1), q1)
 
 
-def _episode(rng: np.random.Generator, t: int, tag: int) -> tuple[np.ndarray, ...]:
+def _episode(rng: np.random.Generator, t: int, tag: int) -> EpisodeSteps:
     images = np.full((t, 3, 4, 4), tag, np.uint8)
     images[:, 0, 0, 0] = np.arange(t)  # step index inside the episode
     states = np.stack([np.zeros(t), np.full(t, tag)], 1).astype(np.float32)
     actions = rng.uniform(-1, 1, (t, 6)).astype(np.float32)
     rewards = np.r_[np.full(t - 1, -0.05), 0.95].astype(np.float32)
-    return images, states, actions, rewards
+    return EpisodeSteps(images, states, actions, rewards)
 
 
 def test_replay_wraparound_keeps_bootstrap_in_episode(tmp_path) -> None:
@@ -193,7 +200,7 @@ def test_replay_wraparound_keeps_bootstrap_in_episode(tmp_path) -> None:
     buf = ReplayBuffer(25, (3, 4, 4), gamma=0.9, n_step=2)
     lengths = [7, 9, 6, 8, 5, 9, 4]
     for tag, t in enumerate(lengths, start=1):
-        buf.add_episode(*_episode(rng, t, tag))
+        buf.add_episode(_episode(rng, t, tag))
     assert buf.episodes == len(lengths) and buf.steps == sum(lengths)
     assert buf.filled <= 25 and len(buf) <= 25
     batch = buf.sample(500, rng)
@@ -219,7 +226,7 @@ def test_replay_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="empty"):
         buf.sample(2, np.random.default_rng(0))
     with pytest.raises(ValueError, match="does not fit"):
-        buf.add_episode(*_episode(np.random.default_rng(0), 6, 1))
+        buf.add_episode(_episode(np.random.default_rng(0), 6, 1))
     with pytest.raises(FileNotFoundError):
         load_replays(tmp_path / "missing.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
@@ -238,10 +245,12 @@ def test_mixed_sample_fractions_and_fallbacks() -> None:
         for _ in range(n_episodes):
             t = 4
             buf.add_episode(
-                np.zeros((t, *shape), np.uint8),
-                np.zeros((t, 2), np.float32),
-                np.full((t, 6), marker, np.float32),
-                np.zeros(t, np.float32),
+                EpisodeSteps(
+                    np.zeros((t, *shape), np.uint8),
+                    np.zeros((t, 2), np.float32),
+                    np.full((t, 6), marker, np.float32),
+                    np.zeros(t, np.float32),
+                )
             )
         return buf
 

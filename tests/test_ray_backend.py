@@ -19,7 +19,7 @@ import torch
 from rcan.cli import main
 from rcan.data.collect import CollectConfig, collect
 from rcan.qtopt.collectors import Episode
-from rcan.qtopt.replay import ReplayBuffer, mixed_sample
+from rcan.qtopt.replay import EpisodeSteps, ReplayBuffer, mixed_sample
 from rcan.qtopt.train import (
     Trainer,
     collector_config,
@@ -103,7 +103,7 @@ def test_bellman_actor_matches_the_local_target_computation(ray) -> None:
     buf = ReplayBuffer(100, (3, 64, 64), args.gamma, args.n_step)
     for e in range(6):
         ep = _episode(rng, "scripted", 5, e % 2 == 1)
-        buf.add_episode(ep.images, ep.states, ep.actions, ep.rewards)
+        buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards))
     buffers = {"scripted": buf, "policy": ReplayBuffer(10, (3, 64, 64))}
     batch = mixed_sample(buffers, 8, (("policy", 0.5), ("scripted", 1.0)), rng)
     trainer = Trainer(args)

@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rcan.qtopt.replay import Mix, ReplayBuffer, buffers_from_arrays, buffers_to_arrays, mixed_sample
+from rcan.qtopt.replay import (
+    EpisodeSteps,
+    Mix,
+    ReplayBuffer,
+    buffers_from_arrays,
+    buffers_to_arrays,
+    mixed_sample,
+)
 
 if TYPE_CHECKING:
     from rcan.qtopt.collectors import CollectorConfig, Episode
@@ -272,16 +279,8 @@ class ReplayActor:
     def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.buffers = buffers_from_arrays(arrays)
 
-    def add_episode(
-        self,
-        kind: str,
-        images: np.ndarray,
-        states: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        tool_pixels: np.ndarray | None = None,
-    ) -> None:
-        self.buffers[kind].add_episode(images, states, actions, rewards, tool_pixels)
+    def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
+        self.buffers[kind].add_episode(ep)
 
     def sample(self, batch: int, mix: Mix, seed: int) -> dict[str, np.ndarray]:
         return mixed_sample(self.buffers, batch, mix, np.random.default_rng(seed))
@@ -374,18 +373,10 @@ class RayReplay:
         self._sizes: dict[str, int] | None = None
         self._closed = False
 
-    def add_episode(
-        self,
-        kind: str,
-        images: np.ndarray,
-        states: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        tool_pixels: np.ndarray | None = None,
-    ) -> None:
+    def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         # Fire and forget (calls from one caller run in order, so later samples see it); errors surface at
         # the next ``sizes``.
-        self._adds.append(self._replay.add_episode.remote(kind, images, states, actions, rewards, tool_pixels))
+        self._adds.append(self._replay.add_episode.remote(kind, ep))
         self._sizes = None
 
     def _check_adds(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +24,22 @@ import numpy as np
 from rcan.common.atomic import open_atomic
 
 _META_FIELDS = ("capacity", "pos", "filled", "episodes", "steps", "channels", "height", "width")
+
+
+@dataclass(frozen=True)
+class EpisodeSteps:
+    """What replay keeps of one finished episode of T steps (the one place that lists it: a new field is
+    added here and in :meth:`ReplayBuffer.add_episode`, and every replay backend passes it through).
+
+    images (T, C, H, W) uint8, the state before each action; states (T, 2); actions (T, 6); rewards (T,),
+    the last step terminal (GraspEnv's always is); tool_pixels (T, 2), where the fingertips appear in each
+    image, or None when unknown (``real`` episodes)."""
+
+    images: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    tool_pixels: np.ndarray | None = None
 
 
 def nstep_returns(rewards: np.ndarray, gamma: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,17 +98,9 @@ class ReplayBuffer:
         """Number of sampleable transitions."""
         return int(self.valid[: self.filled].sum())
 
-    def add_episode(
-        self,
-        images: np.ndarray,
-        states: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        tool_pixels: np.ndarray | None = None,
-    ) -> None:
-        """Append one finished episode: images (T, C, H, W) uint8 (state before each action), states (T, 2),
-        actions (T, 6), rewards (T,), optionally tool_pixels (T, 2). The episode's last step must be terminal
-        (GraspEnv's always is)."""
+    def add_episode(self, ep: EpisodeSteps) -> None:
+        """Append one finished episode (its last step terminal)."""
+        images, rewards, tool_pixels = ep.images, ep.rewards, ep.tool_pixels
         t_len = len(rewards)
         if t_len == 0:
             return
@@ -106,8 +115,8 @@ class ReplayBuffer:
             self.pos = 0  # keep episodes contiguous (module docstring)
         s = slice(self.pos, self.pos + t_len)
         self.images[s] = images
-        self.states[s] = states
-        self.actions[s] = actions
+        self.states[s] = ep.states
+        self.actions[s] = ep.actions
         self.returns[s], self.discounts[s], self.offsets[s] = ret, disc, off
         self.mc_returns[s] = mc_returns(rewards, self.gamma)
         if tool_pixels is None:
@@ -254,15 +263,7 @@ class ReplaySource(Protocol):
     the Ray backend keeps them in an actor and has Bellman actors compute V(s') for each batch, which then
     carries ``next_values`` (the trainer computes them itself when a batch has none)."""
 
-    def add_episode(
-        self,
-        kind: str,
-        images: np.ndarray,
-        states: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        tool_pixels: np.ndarray | None = None,
-    ) -> None:
+    def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         """Append a finished episode to buffer ``kind`` (rewards already offset)."""
 
     def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -291,16 +292,8 @@ class LocalReplay:
     def __init__(self, buffers: Mapping[str, ReplayBuffer]) -> None:
         self._buffers = dict(buffers)
 
-    def add_episode(
-        self,
-        kind: str,
-        images: np.ndarray,
-        states: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        tool_pixels: np.ndarray | None = None,
-    ) -> None:
-        self._buffers[kind].add_episode(images, states, actions, rewards, tool_pixels)
+    def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
+        self._buffers[kind].add_episode(ep)
 
     def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return mixed_sample(self._buffers, batch, mix, rng)

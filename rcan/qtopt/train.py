@@ -60,7 +60,14 @@ from rcan.qtopt.agent import AGENT_FILE, check_input_mode, image_channels, save_
 from rcan.qtopt.cem import CEMConfig, cem_maximize
 from rcan.qtopt.collectors import Collector, CollectorConfig, Episode, InlineCollectors, LocalCollectors
 from rcan.qtopt.network import QNetConfig, QNetwork, random_shift
-from rcan.qtopt.replay import LocalReplay, ReplayBuffer, ReplaySource, load_replays, save_replays
+from rcan.qtopt.replay import (
+    EpisodeSteps,
+    LocalReplay,
+    ReplayBuffer,
+    ReplaySource,
+    load_replays,
+    save_replays,
+)
 
 STATE_FILE = "train_state.safetensors"
 STATE_FORMAT = "rcan.qtopt_train_state"
@@ -600,7 +607,7 @@ class Trainer:
         # Gripper-keypoint labels come from the simulator only: a real robot's episodes give images and
         # rewards (the stand-in "real" domain could label them, but a real cell would need a calibration).
         labels = None if ep.kind == "real" else ep.tool_pixels
-        self.replay.add_episode(ep.kind, ep.images, ep.states, ep.actions, rewards, labels)
+        self.replay.add_episode(ep.kind, EpisodeSteps(ep.images, ep.states, ep.actions, rewards, labels))
         self.env_steps += ep.length
 
     def batch_mix(self) -> tuple[tuple[str, float], ...]:

@@ -304,3 +304,26 @@ def test_a_seeded_episode_is_the_same_after_other_episodes_and_world_rebuilds(do
     finally:
         for env in (fresh, used, rebuilt):
             env.close()
+
+
+@pytest.mark.parametrize("domain", ["canonical", "heavy"])
+def test_object_mask_marks_the_object_pixels_of_the_returned_image(domain):
+    """``label_objects=True`` adds ``info["object_mask"]`` (an auxiliary label): the object pixels of the
+    very frame returned, also under camera jitter; the frames themselves are those of an unlabelled env."""
+    labelled = GraspEnv(domain=domain, label_objects=True, restyle_every_step=True)
+    plain = GraspEnv(domain=domain, restyle_every_step=True)
+    try:
+        (obs, info), (obs_p, info_p) = labelled.reset(seed=4), plain.reset(seed=4)
+        assert "object_mask" not in info_p
+        for a in _actions(5, seed=2):
+            mask = info["object_mask"]
+            assert mask.shape == (64, 64) and mask.dtype == bool and 0 < mask.mean() < 0.5
+            seg = labelled.render_style(labelled._style, aux=True).segmentation
+            assert np.array_equal(mask, seg == OBJECT)
+            assert np.array_equal(obs["image"], obs_p["image"])
+            (obs, _, done, _, info), (obs_p, *_) = labelled.step(a), plain.step(a)
+            if done:
+                break
+    finally:
+        labelled.close()
+        plain.close()

@@ -186,3 +186,45 @@ def test_runs_saved_before_the_new_defaults_resume_as_they_were() -> None:
     old = args_from_json(json.dumps(d))
     assert not old.mc_lower_bound and not old.gripper_keypoint and not old.finetune_continue
     assert make_args("default").mc_lower_bound and make_args("default").gripper_keypoint
+
+
+def test_object_masks_shift_with_their_images() -> None:
+    from rcan.qtopt.train import shift_images
+
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(6, 64, 64, generator=gen) > 0.7).to(torch.uint8)
+    images = torch.cat([masks[:, None] * 255, torch.zeros(6, 2, 64, 64, dtype=torch.uint8)], 1)
+    a, shifts_a, _ = shift_images(images, None, 4, torch.Generator().manual_seed(1))
+    b, shifts_b, shifted = shift_images(images, masks, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(shifts_a, shifts_b)  # the masks do not change the images' shifts
+    assert shifted is not None and torch.equal(shifted * 255, b[:, 0]) and shifts_b.abs().sum() > 0
+
+
+def test_object_map_auxiliary_loss_from_simulated_masks(tmp_path) -> None:
+    from rcan.qtopt.train import object_aux_loss
+
+    t = Trainer(make_args("tiny", out=str(tmp_path / "run"), collectors=0, object_aux_weight=1.0, seed=3))
+    assert t.net.config.object_map
+    summary = t.run()
+    scripted = t.replays["scripted"]
+    n = len(scripted)
+    assert n > 0 and scripted.mask_known[:n].all()
+    masks = np.unpackbits(scripted.object_masks[:n], axis=-1, count=64)
+    assert 0 < masks.mean() < 0.5  # some pixels of every frame are objects, most are not
+    progress = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row["object_aux"]) and row["object_aux"] > 0 for row in progress)
+    assert summary["env_steps"] >= t.args.env_steps
+    # Resume restores the masks; rows without a mask count for nothing.
+    again = Trainer(resolve_args(str(tmp_path / "run"), None, True, {}))
+    assert again.replays["scripted"].equals(scripted)
+    with torch.no_grad():
+        feats = t.net.features(torch.zeros(2, 3, 64, 64))
+    none_known = object_aux_loss(t.net, feats, torch.ones(2, 64, 64), torch.zeros(2, dtype=torch.bool))
+    assert float(none_known) == 0.0
+    # A perfect prediction of an all-empty map costs little, a confident wrong one a lot.
+    with torch.no_grad():
+        t.net.object_conv.weight.zero_()
+        t.net.object_conv.bias.fill_(-10.0)
+    known = torch.ones(2, dtype=torch.bool)
+    assert float(object_aux_loss(t.net, feats, torch.zeros(2, 64, 64), known)) < 1e-3
+    assert float(object_aux_loss(t.net, feats, torch.ones(2, 64, 64), known)) > 9.0

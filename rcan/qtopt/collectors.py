@@ -56,6 +56,9 @@ class Episode:
     tool_pixels: np.ndarray | None = None
     """(T, 2) float32: where the fingertips appear in each state image, x and y in [-1, 1] (privileged: the
     label of the auxiliary gripper-keypoint loss, never an input; None from envs that do not report it)."""
+    object_masks: np.ndarray | None = None
+    """(T, H, W // 8) uint8: each state image's object pixels, bit-packed along rows (``np.packbits``;
+    privileged: the label of the auxiliary object-map loss; None unless the collector labels objects)."""
 
     @property
     def length(self) -> int:
@@ -86,6 +89,9 @@ class CollectorConfig:
     """Fraction of episodes that are on-policy episodes in ``real_domain`` (joint finetuning; 0 otherwise)."""
     real_domain: str = "real"
     """The domain of ``real`` episodes."""
+    object_labels: bool = False
+    """Record each simulated state image's object pixels (``Episode.object_masks``; ``real`` episodes
+    never carry them)."""
 
 
 class Collector(Protocol):
@@ -234,7 +240,7 @@ class EpisodeRunner:
             "num_objects": config.num_objects,
             "texture_dir": config.texture_dir,
         }
-        self.env = GraspEnv(object_split="train", **self.env_kwargs)
+        self.env = GraspEnv(object_split="train", label_objects=config.object_labels, **self.env_kwargs)
         self.eval_env: Any = None
         self.real_env: Any = None
         self._make_env = GraspEnv
@@ -295,12 +301,14 @@ class EpisodeRunner:
         t0 = time.perf_counter()
         obs, info = env.reset(seed=int(self.rng.integers(2**31)))
         self.scripted.reset(info)
-        raw, imgs, states, actions, rewards, pixels = [], [], [], [], [], []
+        raw, imgs, states, actions, rewards, pixels, masks = [], [], [], [], [], [], []
         close_h = close_d = math.nan
         done, success = False, False
         while not done:
             state = obs_state(obs)
             pixels.append(info.get("tool_pixel", (math.nan, math.nan)))
+            if "object_mask" in info:
+                masks.append(np.packbits(info["object_mask"], axis=-1))
             if kind == "scripted":
                 raw.append(obs["image"])
                 a = self.scripted.act(obs, info)
@@ -340,6 +348,7 @@ class EpisodeRunner:
             close_distance=close_d,
             seconds=time.perf_counter() - t0,
             tool_pixels=np.asarray(pixels, np.float32),
+            object_masks=np.stack(masks) if masks and len(masks) == len(rewards) else None,
         )
 
     def close(self) -> None:

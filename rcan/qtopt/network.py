@@ -61,6 +61,12 @@ class QNetConfig:
     channels. Trained by the auxiliary loss of ``TrainArgs.gripper_aux_weight`` (labels from the simulator
     at training time only) and by the Q loss; the agent itself only ever sees the image."""
 
+    object_map: bool = False
+    """Predict which cells of the fused map show an object (a 1x1 conv; ``object_logits``), trained by the
+    auxiliary loss of ``TrainArgs.object_aux_weight`` against the simulator's segmentation, so the tower
+    learns where the objects are from every frame, not only from the rare rewards. Training only: the
+    prediction is not an input of the Q head."""
+
     def __post_init__(self) -> None:
         if self.in_channels not in (3, 6):
             raise ValueError(f"in_channels must be 3 or 6, got {self.in_channels}")
@@ -154,6 +160,8 @@ class QNetwork(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.Linear(config.embed_hidden, fused),
             )
+        if config.object_map:
+            self.object_conv = nn.Conv2d(fused, 1, 1)
         hc = config.head_channels
         self.head_convs = nn.Sequential(nn.Conv2d(fused, hc, 1), nn.ReLU(inplace=True))
         with torch.no_grad():
@@ -189,6 +197,12 @@ class QNetwork(nn.Module):
             raise ValueError("this network has no gripper keypoint")
         centres = _cell_centres(feats.shape[2], feats.shape[3], feats.device, feats.dtype)
         return centres[0, :, 0, 0] - feats[:, -2:, 0, 0]
+
+    def object_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, F, h, w) fused map -> (B, h, w) logits that a cell shows an object (``object_map`` only)."""
+        if not self.config.object_map:
+            raise ValueError("this network has no object map")
+        return self.object_conv(feats)[:, 0]
 
     def keypoint_coords(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) -> (B, 2K): the expected x and y (in [-1, 1]) of each keypoint's softmax over the map."""

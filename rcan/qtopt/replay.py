@@ -33,13 +33,15 @@ class EpisodeSteps:
 
     images (T, C, H, W) uint8, the state before each action; states (T, 2); actions (T, 6); rewards (T,),
     the last step terminal (GraspEnv's always is); tool_pixels (T, 2), where the fingertips appear in each
-    image, or None when unknown (``real`` episodes)."""
+    image, or None when unknown (``real`` episodes); object_masks (T, H, ceil(W / 8)) uint8, each image's
+object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None when unknown."""
 
     images: np.ndarray
     states: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
     tool_pixels: np.ndarray | None = None
+    object_masks: np.ndarray | None = None
 
 
 def nstep_returns(rewards: np.ndarray, gamma: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,7 +74,14 @@ def mc_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
 class ReplayBuffer:
     """Fixed-capacity ring of n-step transitions (see the module docstring for the layout)."""
 
-    def __init__(self, capacity: int, image_shape: tuple[int, int, int], gamma: float = 0.9, n_step: int = 1):
+    def __init__(
+        self,
+        capacity: int,
+        image_shape: tuple[int, int, int],
+        gamma: float = 0.9,
+        n_step: int = 1,
+        object_masks: bool = False,
+    ):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         if n_step < 1:
@@ -88,6 +97,9 @@ class ReplayBuffer:
         self.tool_pixels = np.full((capacity, 2), np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
+        # Object masks (bit-packed, 1/24 of an RGB image) only in buffers that keep them.
+        self.object_masks = np.zeros((capacity, h, (w + 7) // 8), np.uint8) if object_masks else None
+        self.mask_known = np.zeros(capacity, bool) if object_masks else None
         self.pos = self.filled = self.episodes = self.steps = 0
 
     @property
@@ -123,6 +135,11 @@ class ReplayBuffer:
             self.tool_pixels[s] = np.nan
         else:
             self.tool_pixels[s] = np.asarray(tool_pixels, np.float32).reshape(t_len, 2)
+        if self.object_masks is not None and self.mask_known is not None:
+            known = ep.object_masks is not None
+            self.mask_known[s] = known
+            if known:
+                self.object_masks[s] = np.asarray(ep.object_masks, np.uint8).reshape(self.object_masks[s].shape)
         self.valid[s] = True
         self.pos += t_len
         self.filled = max(self.filled, self.pos)
@@ -132,13 +149,14 @@ class ReplayBuffer:
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
         next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its
-        discount is 0)."""
+        discount is 0); from a buffer that keeps object masks, also object_masks (B, H, W) uint8 0/1 and
+        mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
         if len(idx) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         i = idx[rng.integers(len(idx), size=batch)]
         j = i + self.offsets[i]
-        return {
+        out = {
             "images": self.images[i],
             "states": self.states[i],
             "actions": self.actions[i],
@@ -149,11 +167,19 @@ class ReplayBuffer:
             "next_images": self.images[j],
             "next_states": self.states[j],
         }
+        if self.object_masks is not None and self.mask_known is not None:
+            width = self.images.shape[3]
+            out["object_masks"] = np.unpackbits(self.object_masks[i], axis=-1, count=width)
+            out["mask_known"] = self.mask_known[i]
+        return out
 
     # -- persistence -------------------------------------------------------------------------------
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         n = self.filled
         meta = [self.capacity, self.pos, self.filled, self.episodes, self.steps, *self.image_shape]
+        masks = {}
+        if self.object_masks is not None and self.mask_known is not None:
+            masks = {f"{prefix}object_masks": self.object_masks[:n], f"{prefix}mask_known": self.mask_known[:n]}
         return {
             f"{prefix}meta": np.array(meta, np.int64),
             f"{prefix}config": np.array([self.gamma, self.n_step], np.float64),
@@ -166,15 +192,20 @@ class ReplayBuffer:
             f"{prefix}tool_pixels": self.tool_pixels[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
-        }
+        } | masks
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> ReplayBuffer:
         try:
             meta = dict(zip(_META_FIELDS, (int(v) for v in arrays[f"{prefix}meta"]), strict=True))
             gamma, n_step = (float(v) for v in arrays[f"{prefix}config"])
-            buf = cls(meta["capacity"], (meta["channels"], meta["height"], meta["width"]), gamma, int(n_step))
+            shape = (meta["channels"], meta["height"], meta["width"])
+            masks = f"{prefix}object_masks" in arrays
+            buf = cls(meta["capacity"], shape, gamma, int(n_step), object_masks=masks)
             n = meta["filled"]
+            if masks:
+                buf.object_masks[:n] = arrays[f"{prefix}object_masks"]  # type: ignore[index]
+                buf.mask_known[:n] = arrays[f"{prefix}mask_known"]  # type: ignore[index]
             for name in ("images", "states", "actions", "returns", "discounts", "offsets", "valid"):
                 getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]
             if f"{prefix}mc_returns" in arrays:
@@ -253,7 +284,9 @@ def mixed_sample(
         if not len(src):
             src = next((buffers[name] for name, _ in mix if len(buffers[name])), src)
         parts.append(src.sample(left, rng))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    # Fields only some buffers keep (object masks) are left out of a batch that mixes them with others.
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
 class ReplaySource(Protocol):

@@ -129,6 +129,11 @@ class TrainArgs:
     """Weight of the auxiliary loss that teaches the gripper keypoint where the fingertips are (squared
     error in units of feature-map cells; labels from the simulator, stored in the replay; rows without a
     label are skipped). Only with ``gripper_keypoint``."""
+    object_aux_weight: float = 0.0
+    """Weight of an auxiliary loss that teaches the fused map which cells show an object (cross-entropy
+    against the fraction of each cell's pixels that the simulator's segmentation marks as object, moved
+    with the image's random shift; ``QNetConfig.object_map``). The collectors then record object masks
+    (bit-packed, in the replay) for simulated episodes; never for ``real`` ones. 0: off."""
     batch_size: int = 32
     """Transitions per gradient step."""
     lr: float = 3e-4
@@ -383,6 +388,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         coord_channels=args.coord_channels,
         keypoints=args.keypoints,
         gripper_keypoint=args.gripper_keypoint,
+        object_map=args.object_aux_weight > 0,
     )
 
 
@@ -411,6 +417,7 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         noise_std=a.noise_std,
         real_prob=a.real_fraction if a.finetune_from else 0.0,
         real_domain=a.real_domain,
+        object_labels=a.object_aux_weight > 0,
     )
 
 
@@ -485,6 +492,28 @@ def gripper_aux_loss(
     return (err**2).sum(dim=1).mean()
 
 
+def shift_images(
+    images: torch.Tensor, masks: torch.Tensor | None, pad: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """DrQ's random shift of a batch of images, and of their object masks (B, H, W) by the same offsets
+    (one more channel through the same crop); returns images, the (B, 2) shifts and the shifted masks."""
+    if masks is None:
+        images, shifts = random_shift(images, pad, generator, return_shifts=True)
+        return images, shifts, None
+    out, shifts = random_shift(torch.cat([images, masks[:, None].to(images.dtype)], 1), pad, generator, True)
+    return out[:, :-1], shifts, out[:, -1]
+
+
+def object_aux_loss(net: QNetwork, feats: torch.Tensor, masks: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between the predicted object map and the fraction of each cell's pixels that show an
+    object (``masks`` (B, H, W) 0/1, already shifted with the images); rows without a mask count for nothing."""
+    if not known.any():
+        return torch.zeros(())
+    h, w = feats.shape[-2:]
+    frac = F.adaptive_avg_pool2d(masks[known][:, None].float(), (h, w))[:, 0]
+    return F.binary_cross_entropy_with_logits(net.object_logits(feats[known]), frac)
+
+
 # -- the trainer -----------------------------------------------------------------------------------------
 class Trainer:
     """Owns the networks, optimizer, replay buffers and counters; ``run`` drives collectors and training."""
@@ -501,12 +530,13 @@ class Trainer:
         self.target2 = copy.deepcopy(self.net).requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=args.lr)
         shape = (image_channels(args.input), args.image_size, args.image_size)
+        masks = args.object_aux_weight > 0
         replays = {
-            "scripted": ReplayBuffer(args.scripted_capacity, shape, args.gamma, args.n_step),
-            "policy": ReplayBuffer(args.policy_capacity, shape, args.gamma, args.n_step),
+            "scripted": ReplayBuffer(args.scripted_capacity, shape, args.gamma, args.n_step, masks),
+            "policy": ReplayBuffer(args.policy_capacity, shape, args.gamma, args.n_step, masks),
         }
         if args.finetune_from:
-            replays["real"] = ReplayBuffer(args.policy_capacity, shape, args.gamma, args.n_step)
+            replays["real"] = ReplayBuffer(args.policy_capacity, shape, args.gamma, args.n_step, masks)
         self.replay: ReplaySource
         if args.backend == "ray":  # starts or joins Ray; replay and Bellman targets become actors
             from rcan.qtopt.ray_backend import RayReplay
@@ -606,8 +636,16 @@ class Trainer:
         rewards = ep.rewards + np.float32(self.args.reward_offset)
         # Gripper-keypoint labels come from the simulator only: a real robot's episodes give images and
         # rewards (the stand-in "real" domain could label them, but a real cell would need a calibration).
-        labels = None if ep.kind == "real" else ep.tool_pixels
-        self.replay.add_episode(ep.kind, EpisodeSteps(ep.images, ep.states, ep.actions, rewards, labels))
+        sim = ep.kind != "real"
+        steps = EpisodeSteps(
+            ep.images,
+            ep.states,
+            ep.actions,
+            rewards,
+            tool_pixels=ep.tool_pixels if sim else None,
+            object_masks=ep.object_masks if sim else None,
+        )
+        self.replay.add_episode(ep.kind, steps)
         self.env_steps += ep.length
 
     def batch_mix(self) -> tuple[tuple[str, float], ...]:
@@ -638,7 +676,8 @@ class Trainer:
         self.replay.sync_targets(self.target1, self.target2, self.grad_steps)  # no-op in-process
         batch = self.sample()
         pad = a.aug_pad
-        images, shifts = random_shift(batch["images"], pad, self.torch_rng, return_shifts=True)
+        object_aux = self.net.config.object_map and a.object_aux_weight > 0 and "object_masks" in batch
+        images, shifts, masks = shift_images(batch["images"], batch.get("object_masks"), pad, self.torch_rng)
         nxt = batch["discounts"] > 0
         if "next_values" in batch:  # computed by the Ray Bellman actors
             v = batch["next_values"]
@@ -657,6 +696,10 @@ class Trainer:
         if self.net.config.gripper_keypoint and a.gripper_aux_weight > 0:
             aux = gripper_aux_loss(self.net, feats, batch["tool_pixels"], shifts, images.shape[-1])
             loss = loss + a.gripper_aux_weight * aux
+        obj = torch.zeros(())
+        if object_aux and masks is not None:
+            obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
+            loss = loss + a.object_aux_weight * obj
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip > 0:
@@ -676,6 +719,7 @@ class Trainer:
             "v_next": float(v[nxt].mean()) if nxt.any() else 0.0,
             "mc_floored": float(floored),
             "gripper_aux": float(aux.detach()),
+            "object_aux": float(obj.detach()),
         }
 
     # -- checkpoints --------------------------------------------------------------------------------

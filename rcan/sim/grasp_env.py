@@ -14,7 +14,9 @@ Action: Box(-1, 1, (6,)) = (dx, dy, dz, dyaw, gripper, terminate); displacements
 terminate > 0 ends the episode. Reward: -0.05 per step, +1 on success at the last step.
 ``terminated`` is True at the end whichever way it came (the lift and its outcome are the episode's
 terminal event; time is not observed). ``info["is_success"]`` on the last step; ``info["tool_pixel"]``:
-where the fingertips appear in the returned image (privileged, for auxiliary losses).
+where the fingertips appear in the returned image (privileged, for auxiliary losses); with
+``label_objects=True``, ``info["object_mask"]``: bool HxW, the returned image's pixels that show an object
+(from the same render's segmentation; privileged, for auxiliary losses).
 
 Randomness: the physics (objects, divider, start pose) comes from ``self.np_random``; looks come from
 separate generators derived per episode, so the visual domain and any rendering never change the
@@ -41,7 +43,7 @@ from rcan.sim.bullet import new_client
 from rcan.sim.domains import BANK, DOMAINS, PHOTO, FrameStyle, canonical_twin, sample_style
 from rcan.sim.objects import ObjectSpec, catalogue, load_object
 from rcan.sim.renderer import CameraConfig, Renderer
-from rcan.sim.scene import Cell, CellConfig
+from rcan.sim.scene import OBJECT, Cell, CellConfig
 from rcan.sim.stage import Stage
 from rcan.sim.textures import ImageFolderTextures, PhotoTextures, ProceduralTextures, TextureSource
 
@@ -77,6 +79,7 @@ class GraspEnv(gym.Env):
         camera: CameraConfig | None = None,
         cell: CellConfig | None = None,
         rebuild_every: int = 100,
+        label_objects: bool = False,
     ) -> None:
         super().__init__()
         _check_choice("domain", domain, DOMAINS)
@@ -100,6 +103,8 @@ class GraspEnv(gym.Env):
         self.image_size, self.num_objects, self.max_steps = int(image_size), int(num_objects), int(max_steps)
         self.object_split, self.object_family = object_split, object_family
         self.restyle_every_step = restyle_every_step
+        self.label_objects = bool(label_objects)
+        self._object_mask: np.ndarray | None = None
         self.max_translation, self.max_rotation = float(max_translation), float(max_rotation)
         self.success_height, self.substeps = float(success_height), int(substeps)
         self.render_mode = render_mode
@@ -160,9 +165,12 @@ class GraspEnv(gym.Env):
         self._step = 0
         self._style = None  # a new episode's looks never carry over from the last one
         self._style = self._sample_style(self.domain, self._look_rng)
+        obs = self._observation()
         info = self._info()
         info["tool_pixel"] = self.tool_pixel()
-        return self._observation(), info
+        if self._object_mask is not None:
+            info["object_mask"] = self._object_mask
+        return obs, info
 
     def step(self, action: np.ndarray):
         if self._style is None:
@@ -197,7 +205,10 @@ class GraspEnv(gym.Env):
         if self.restyle_every_step:
             self._style = self._sample_style(self.domain, self._look_rng)
         info["tool_pixel"] = self.tool_pixel()
-        return self._observation(), reward, done, False, info
+        obs = self._observation()
+        if self._object_mask is not None:
+            info["object_mask"] = self._object_mask
+        return obs, reward, done, False, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None:
@@ -380,8 +391,12 @@ class GraspEnv(gym.Env):
 
     def _observation(self) -> dict[str, Any]:
         g = self.cell.gripper
+        self._object_mask = None
         if self.render_observation:
-            image = self._render(self._style).rgb
+            frame = self._render(self._style, aux=self.label_objects)
+            image = frame.rgb
+            if self.label_objects:
+                self._object_mask = frame.segmentation == OBJECT
         else:  # a privileged policy that never looks (e.g. while recording pairs) saves a frame per step
             image = np.zeros(self.observation_space["image"].shape, dtype=np.uint8)
         height = np.array([g.tool_position()[2]], dtype=np.float32)

@@ -284,9 +284,7 @@ def mixed_sample(
         if not len(src):
             src = next((buffers[name] for name, _ in mix if len(buffers[name])), src)
         parts.append(src.sample(left, rng))
-    # Fields only some buffers keep (object masks) are left out of a batch that mixes them with others.
-    keys = [k for k in parts[0] if all(k in p for p in parts)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class ReplaySource(Protocol):

@@ -676,8 +676,9 @@ class Trainer:
         self.replay.sync_targets(self.target1, self.target2, self.grad_steps)  # no-op in-process
         batch = self.sample()
         pad = a.aug_pad
-        object_aux = self.net.config.object_map and a.object_aux_weight > 0 and "object_masks" in batch
-        images, shifts, masks = shift_images(batch["images"], batch.get("object_masks"), pad, self.torch_rng)
+        # Buffers keep object masks exactly when object_aux_weight > 0 (and then the network has an object map).
+        masks = batch["object_masks"] if a.object_aux_weight > 0 else None
+        images, shifts, masks = shift_images(batch["images"], masks, pad, self.torch_rng)
         nxt = batch["discounts"] > 0
         if "next_values" in batch:  # computed by the Ray Bellman actors
             v = batch["next_values"]
@@ -697,7 +698,7 @@ class Trainer:
             aux = gripper_aux_loss(self.net, feats, batch["tool_pixels"], shifts, images.shape[-1])
             loss = loss + a.gripper_aux_weight * aux
         obj = torch.zeros(())
-        if object_aux and masks is not None:
+        if masks is not None:
             obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
             loss = loss + a.object_aux_weight * obj
         self.opt.zero_grad(set_to_none=True)

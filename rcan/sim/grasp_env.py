@@ -104,7 +104,6 @@ class GraspEnv(gym.Env):
         self.object_split, self.object_family = object_split, object_family
         self.restyle_every_step = restyle_every_step
         self.label_objects = bool(label_objects)
-        self._object_mask: np.ndarray | None = None
         self.max_translation, self.max_rotation = float(max_translation), float(max_rotation)
         self.success_height, self.substeps = float(success_height), int(substeps)
         self.render_mode = render_mode
@@ -165,12 +164,9 @@ class GraspEnv(gym.Env):
         self._step = 0
         self._style = None  # a new episode's looks never carry over from the last one
         self._style = self._sample_style(self.domain, self._look_rng)
-        obs = self._observation()
         info = self._info()
         info["tool_pixel"] = self.tool_pixel()
-        if self._object_mask is not None:
-            info["object_mask"] = self._object_mask
-        return obs, info
+        return self._observation(info), info
 
     def step(self, action: np.ndarray):
         if self._style is None:
@@ -205,10 +201,7 @@ class GraspEnv(gym.Env):
         if self.restyle_every_step:
             self._style = self._sample_style(self.domain, self._look_rng)
         info["tool_pixel"] = self.tool_pixel()
-        obs = self._observation()
-        if self._object_mask is not None:
-            info["object_mask"] = self._object_mask
-        return obs, reward, done, False, info
+        return self._observation(info), reward, done, False, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None:
@@ -389,14 +382,14 @@ class GraspEnv(gym.Env):
         """Privileged state for scripted policies and logging; never an input to a learned agent."""
         return {"tool": self._target.astype(np.float32), "yaw": float(self._yaw), "step": self._step}
 
-    def _observation(self) -> dict[str, Any]:
+    def _observation(self, info: dict[str, Any]) -> dict[str, Any]:
+        """The observation; with ``label_objects``, also ``info["object_mask"]`` from the same render."""
         g = self.cell.gripper
-        self._object_mask = None
         if self.render_observation:
             frame = self._render(self._style, aux=self.label_objects)
             image = frame.rgb
             if self.label_objects:
-                self._object_mask = frame.segmentation == OBJECT
+                info["object_mask"] = frame.segmentation == OBJECT
         else:  # a privileged policy that never looks (e.g. while recording pairs) saves a frame per step
             image = np.zeros(self.observation_space["image"].shape, dtype=np.uint8)
         height = np.array([g.tool_position()[2]], dtype=np.float32)

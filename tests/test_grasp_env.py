@@ -214,6 +214,39 @@ def test_aimed_grasps_mostly_succeed():
     assert wins >= 6, wins
 
 
+def test_aimed_scripted_exploration_closes_on_objects(env):
+    """``aim_prob=1`` sends every scripted episode to an object's centre (from ``reset``'s privileged
+    ``objects_xy``); ``aim_prob=0`` draws exactly the goals of the paper's random policy (no extra draws)."""
+    half = env.cell.config.tray_inner_half
+    obs, info = env.reset(seed=11)
+    assert np.allclose(info["objects_xy"], env.object_positions()[:, :2], atol=1e-6)
+    aimed = ScriptedGraspPolicy(np.random.default_rng(0), tray_half=half, aim_prob=1.0, aim_noise=0.0)
+    plain = ScriptedGraspPolicy(np.random.default_rng(0), tray_half=half)
+    gaps, wins = [], {"aimed": 0, "plain": 0}
+    for ep in range(12):
+        for name, pol in (("aimed", aimed), ("plain", plain)):
+            obs, info = env.reset(seed=200 + ep)
+            pol.reset(info)
+            if name == "aimed":
+                gaps.append(np.min(np.linalg.norm(info["objects_xy"] - pol.goal, axis=1)))
+            done = False
+            while not done:
+                obs, _, done, _, info = env.step(pol.act(obs, info))
+            wins[name] += bool(info["is_success"])
+    assert max(gaps) < 1e-6  # exactly an object's centre (no noise; centres are never within 1 cm of a wall)
+    assert wins["aimed"] > wins["plain"], wins
+    legacy, rng = ScriptedGraspPolicy(np.random.default_rng(5), tray_half=half, aim_prob=0.0), np.random.default_rng(5)
+    for _ in range(3):
+        legacy.reset(info)
+        m = legacy.margin
+        assert np.array_equal(legacy.goal, rng.uniform([-half[0] + m, -half[1] + m], [half[0] - m, half[1] - m]))
+        assert legacy.goal_yaw == rng.uniform(-np.pi / 2, np.pi / 2)
+    with pytest.raises(KeyError, match="objects_xy"):
+        ScriptedGraspPolicy(np.random.default_rng(0), tray_half=half, aim_prob=1.0).reset({"tool": np.zeros(3)})
+    with pytest.raises(ValueError, match="aim_prob"):
+        ScriptedGraspPolicy(np.random.default_rng(0), aim_prob=1.5)
+
+
 def test_async_vector_env():
     envs = gym.make_vec("rcan/Grasp-v0", num_envs=2, vectorization_mode="async")
     try:

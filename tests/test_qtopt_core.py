@@ -21,10 +21,15 @@ from rcan.qtopt.replay import (
 from rcan.qtopt.train import bellman_targets, clipped_double_q_values
 
 
-@pytest.mark.parametrize(("channels", "keypoints", "gripper"), [(3, 0, False), (6, 0, False), (3, 16, False), (3, 0, True)])
-def test_network_shapes(channels: int, keypoints: int, gripper: bool) -> None:
+@pytest.mark.parametrize(
+    ("channels", "keypoints", "gripper", "readout"),
+    [(3, 0, False, False), (6, 0, False, False), (3, 16, False, False), (3, 0, True, False), (6, 0, True, True)],
+)
+def test_network_shapes(channels: int, keypoints: int, gripper: bool, readout: bool) -> None:
     torch.manual_seed(0)
-    net = QNetwork(QNetConfig(in_channels=channels, keypoints=keypoints, gripper_keypoint=gripper))
+    net = QNetwork(
+        QNetConfig(in_channels=channels, keypoints=keypoints, gripper_keypoint=gripper, target_readout=readout)
+    )
     images = torch.randint(0, 256, (2, channels, 64, 64), dtype=torch.uint8)
     states = torch.tensor([[0.0, 0.2], [1.0, 0.05]])
     assert net(images, states, torch.rand(2, 6) * 2 - 1).shape == (2,)
@@ -34,10 +39,12 @@ def test_network_shapes(channels: int, keypoints: int, gripper: bool) -> None:
     assert tower > 10 * head > 0 and count_parameters(net) < 200_000
 
 
-@pytest.mark.parametrize(("keypoints", "gripper"), [(0, False), (8, False), (0, True)])
-def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool) -> None:
+@pytest.mark.parametrize(
+    ("keypoints", "gripper", "readout"), [(0, False, False), (8, False, False), (0, True, False), (0, True, True)]
+)
+def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: bool) -> None:
     torch.manual_seed(1)
-    net = QNetwork(QNetConfig(keypoints=keypoints, gripper_keypoint=gripper))
+    net = QNetwork(QNetConfig(keypoints=keypoints, gripper_keypoint=gripper, target_readout=readout))
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     states = torch.rand(3, 2)
     cands = torch.rand(3, 7, 6) * 2 - 1
@@ -50,6 +57,77 @@ def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool) -> Non
 def test_wrong_channels_rejected() -> None:
     with pytest.raises(ValueError, match="in_channels"):
         QNetConfig(in_channels=4)
+    with pytest.raises(ValueError, match="target_readout"):
+        QNetConfig(target_readout=True, gripper_keypoint=False)
+
+
+def test_target_readout_only_reads_where_the_move_lands() -> None:
+    """The local head sees the feature maps only around the position the move reaches: changing the
+    stride-4 map far from it leaves the logits alone, changing it there does not."""
+    torch.manual_seed(2)
+    net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True))
+    with torch.no_grad():
+        feats = net.features(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8))
+        states, action = torch.tensor([[0.0, 0.1]]), torch.rand(1, 1, 6) * 2 - 1
+        x, y = net.move_pixels(feats, states, action)[0, 0].tolist()
+        fine_side = net._fine(feats).shape[-1]
+        col = min(max(int((x + 1) / 2 * fine_side), 0), fine_side - 1)
+        row = min(max(int((y + 1) / 2 * fine_side), 0), fine_side - 1)
+        base = net._local_logits(feats, states, action)
+
+        def edited(r: int, c: int) -> torch.Tensor:
+            fine = net._fine(feats).clone()
+            fine[:, :, r, c] += 5.0
+            packed = torch.nn.functional.pixel_unshuffle(fine, 2)
+            return net._local_logits(torch.cat([net._main(feats), packed], 1), states, action)
+
+        far = ((row + fine_side // 2) % fine_side, (col + fine_side // 2) % fine_side)
+        torch.testing.assert_close(edited(*far), base)
+        assert not torch.allclose(edited(row, col), base)
+
+
+def test_target_readout_learns_where_a_move_takes_the_gripper() -> None:
+    """With the keypoint's loss, the move loss alone teaches ``move_pixels`` where a move lands (here the
+    marker moves by 0.2 image units per unit of dx and dy), through random shifts, to within half a cell."""
+    from rcan.qtopt.train import gripper_aux_loss, move_aux_loss
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    net = QNetwork(
+        QNetConfig(gripper_keypoint=True, target_readout=True, image_size=32, channels=(16, 16), strides=(2, 2))
+    )
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+
+    def batch(n: int) -> tuple[torch.Tensor, ...]:
+        images = torch.full((n, 3, 32, 32), 40, dtype=torch.uint8)
+        rc = torch.randint(6, 26, (n, 2), generator=gen)
+        for i, (r, c) in enumerate(rc.tolist()):
+            images[i, :, r - 1 : r + 2, c - 1 : c + 2] = 250
+        here = (rc.flip(1).float() * 2 + 1) / 32 - 1
+        actions = torch.rand(n, 6, generator=gen) * 2 - 1
+        nxt = here + 0.2 * actions[:, :2]
+        nxt[: n // 8] = float("nan")  # episode ends: no label
+        return images, here, actions, nxt
+
+    states = torch.zeros(32, 2)
+    for _ in range(400):
+        images, here, actions, nxt = batch(32)
+        shifted, shifts = random_shift(images, 2, gen, return_shifts=True)
+        feats = net.features(shifted)
+        loss = gripper_aux_loss(net, feats, here, shifts, 32) + move_aux_loss(
+            net, feats, states, actions, nxt, shifts, 32
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    images, here, actions, _ = batch(64)
+    with torch.no_grad():
+        pred = net.move_pixels(net.features(images), torch.zeros(64, 2), actions[:, None])[:, 0]
+    err_cells = (pred - (here + 0.2 * actions[:, :2])).norm(dim=1) * 8 / 2
+    assert float(err_cells.mean()) < 0.5
+    nan = torch.full((64, 2), float("nan"))
+    feats = net.features(images)
+    assert float(move_aux_loss(net, feats, torch.zeros(64, 2), actions, nan, torch.zeros(64, 2), 32)) == 0.0
 
 
 def test_random_shift_keeps_shape_and_content() -> None:
@@ -219,6 +297,26 @@ def test_replay_wraparound_keeps_bootstrap_in_episode(tmp_path) -> None:
     # The loaded buffer samples identically.
     b1, b2 = buf.sample(10, np.random.default_rng(3)), loaded["a"].sample(10, np.random.default_rng(3))
     assert all(np.array_equal(b1[k], b2[k], equal_nan=True) for k in b1)
+
+
+def test_replay_keeps_where_the_gripper_is_next() -> None:
+    """``next_tool_pixels`` is the next step's label inside an episode, unknown (NaN) at its last step and
+    for episodes without labels."""
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(40, (3, 4, 4), n_step=3)
+    for tag, t in enumerate((5, 7), start=1):
+        ep = _episode(rng, t, tag)
+        pixels = np.stack([np.arange(t), np.full(t, tag)], 1).astype(np.float32)
+        buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards, tool_pixels=pixels))
+    buf.add_episode(_episode(rng, 4, 3))  # no labels
+    batch = buf.sample(300, rng)
+    step, tag = batch["images"][:, 0, 0, 0].astype(int), batch["images"][:, 1, 0, 0].astype(int)
+    last = step == np.where(tag == 1, 4, 6)
+    labelled = (tag < 3) & ~last
+    assert np.array_equal(batch["next_tool_pixels"][labelled, 0], step[labelled] + 1)
+    assert np.array_equal(batch["next_tool_pixels"][labelled, 1], tag[labelled])
+    assert np.isnan(batch["next_tool_pixels"][~labelled]).all() and (~labelled).sum() > 0 and last.any()
+    assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
 
 
 def test_replay_errors(tmp_path) -> None:

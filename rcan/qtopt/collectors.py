@@ -81,6 +81,8 @@ class CollectorConfig:
     """CEMConfig fields for acting."""
     scripted_prob: float = 0.3
     """Fraction of episodes run by the scripted policy once weights have arrived."""
+    scripted_aim_prob: float = 0.0
+    """Share of scripted episodes aimed at a random object (privileged; ``rcan.sim.scripted``)."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the test objects (not for training)."""
     noise_std: float = 0.3
@@ -255,7 +257,9 @@ class EpisodeRunner:
         self.policy = QTOptPolicy(
             net, CEMConfig(**config.cem), config.input_mode, generator, seed=int(self.rng.integers(2**31))
         )
-        self.scripted = ScriptedGraspPolicy(self.rng, tray_half=self.env.cell.config.tray_inner_half)
+        self.scripted = ScriptedGraspPolicy(
+            self.rng, tray_half=self.env.cell.config.tray_inner_half, aim_prob=config.scripted_aim_prob
+        )
         self.version = -1
 
     def drain_weights(self, weights_q: Any) -> None:

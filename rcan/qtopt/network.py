@@ -67,7 +67,18 @@ class QNetConfig:
     learns where the objects are from every frame, not only from the rare rewards. Training only: the
     prediction is not an input of the Q head."""
 
+    target_readout: bool = False
+    """Beyond QT-Opt: also read the image where the action takes the gripper. A small MLP maps the move
+    (dx, dy, dz), the height and the located gripper g to the image position p the gripper will reach
+    (taught by ``TrainArgs.move_aux_weight`` against where the simulator shows the fingertips after the
+    step); the finer stride-4 feature map and the fused map are sampled (bilinear) at p, and an MLP over
+    those features, the action and the state adds its logit to the global head's. The same weights judge
+    every place, so "closing on an object here" learned at one place counts everywhere (translation
+    equivariance the global FC read-out lacks). Needs ``gripper_keypoint`` and two or more tower convs."""
+
     def __post_init__(self) -> None:
+        if self.target_readout and (not self.gripper_keypoint or len(self.channels) < 2):
+            raise ValueError("target_readout needs gripper_keypoint and at least two tower convs")
         if self.in_channels not in (3, 6):
             raise ValueError(f"in_channels must be 3 or 6, got {self.in_channels}")
         if len(self.channels) != len(self.strides) or not self.channels:
@@ -164,10 +175,24 @@ class QNetwork(nn.Module):
             self.object_conv = nn.Conv2d(fused, 1, 1)
         hc = config.head_channels
         self.head_convs = nn.Sequential(nn.Conv2d(fused, hc, 1), nn.ReLU(inplace=True))
+        self._fine_scale = 1
+        if config.target_readout:
+            self._fine_scale = int(config.strides[-1])
+            self.move_net = nn.Sequential(
+                nn.Linear(3 + 1 + 2, config.embed_hidden), nn.ReLU(inplace=True), nn.Linear(config.embed_hidden, 2)
+            )
+            local_in = config.channels[-2] + fused + ACTION_DIM + 2 + STATE_DIM
+            self.local_head = nn.Sequential(
+                nn.Linear(local_in, config.fc_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(config.fc_hidden, config.fc_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(config.fc_hidden, 1),
+            )
         with torch.no_grad():
             fmap = self.features(torch.zeros(1, config.in_channels, config.image_size, config.image_size))
             self.feature_shape = tuple(fmap.shape[1:])
-            flat = self.head_convs(fmap).numel()
+            flat = self.head_convs(self._main(fmap)).numel()
         self.fc = nn.Sequential(
             nn.Linear(flat, config.fc_hidden), nn.ReLU(inplace=True), nn.Linear(config.fc_hidden, 1)
         )
@@ -179,7 +204,16 @@ class QNetwork(nn.Module):
             x = torch.cat(
                 [x, _coords(x.shape[2], x.shape[3], x.device, x.dtype).expand(x.shape[0], -1, -1, -1)], 1
             )
-        f = self.tower(x)
+        fine = None
+        if self.config.target_readout:  # keep the stride-4 map (the input of the last strided conv)
+            last_conv = 2 * (len(self.config.channels) - 1)
+            for i, layer in enumerate(self.tower):
+                if i == last_conv:
+                    fine = x
+                x = layer(x)
+            f = x
+        else:
+            f = self.tower(x)
         if self.config.coord_channels:
             f = torch.cat(
                 [f, _coords(f.shape[2], f.shape[3], f.device, f.dtype).expand(f.shape[0], -1, -1, -1)], 1
@@ -188,7 +222,43 @@ class QNetwork(nn.Module):
             centres = _cell_centres(f.shape[2], f.shape[3], f.device, f.dtype)
             g = _soft_argmax(self.gripper_conv(f), centres)[:, 0]  # (B, 2), in tool_pixel's coordinates
             f = torch.cat([f, centres - g[:, :, None, None]], 1)
+        if fine is not None:  # packed beside the fused map (space-to-depth), so a state stays one tensor
+            if fine.shape[-1] != f.shape[-1] * self._fine_scale or fine.shape[-2] != f.shape[-2] * self._fine_scale:
+                raise ValueError(f"image size {images.shape[-1]} does not divide into the tower's strides")
+            f = torch.cat([f, F.pixel_unshuffle(fine, self._fine_scale)], 1)
         return f
+
+    def _main(self, feats: torch.Tensor) -> torch.Tensor:
+        """The fused map (coordinate and gripper-offset channels last) of a ``features`` tensor."""
+        return feats[:, : self.config.fuse_channels] if self.config.target_readout else feats
+
+    def _fine(self, feats: torch.Tensor) -> torch.Tensor:
+        """The stride-4 map packed by ``features`` (``target_readout`` networks only)."""
+        return F.pixel_shuffle(feats[:, self.config.fuse_channels :], self._fine_scale)
+
+    def move_pixels(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Where each candidate move takes the gripper in the image: feats (B, F, h, w), states (B, 2),
+        actions (B, K, 6) -> (B, K, 2), x and y in [-1, 1] (``target_readout`` networks only)."""
+        if not self.config.target_readout:
+            raise ValueError("this network has no target read-out")
+        b, k = actions.shape[:2]
+        g = self.gripper_coords(feats)
+        height = states[:, 1:2].to(actions.dtype) * HEIGHT_SCALE
+        z = torch.cat([actions[..., :3], height[:, None].expand(b, k, 1), g[:, None].expand(b, k, 2)], dim=-1)
+        return g[:, None] + self.move_net(z)
+
+    def _local_logits(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The target read-out's logits (B, K): features sampled where each move takes the gripper."""
+        b, k = actions.shape[:2]
+        grid = self.move_pixels(feats, states, actions)[:, :, None, :]  # (B, K, 1, 2)
+        sampled = [
+            F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0]
+            for m in (self._fine(feats), self._main(feats))
+        ]  # each (B, C, K)
+        s = states.to(actions.dtype)
+        s = torch.stack([s[:, 0], s[:, 1] * HEIGHT_SCALE], dim=-1)[:, None].expand(b, k, STATE_DIM)
+        z = torch.cat([*(t.transpose(1, 2) for t in sampled), action_features(actions), s], dim=-1)
+        return self.local_head(z)[..., 0]
 
     def gripper_coords(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) fused map -> (B, 2): the located gripper (x, y in [-1, 1]), read back from the
@@ -196,17 +266,18 @@ class QNetwork(nn.Module):
         if not self.config.gripper_keypoint:
             raise ValueError("this network has no gripper keypoint")
         centres = _cell_centres(feats.shape[2], feats.shape[3], feats.device, feats.dtype)
-        return centres[0, :, 0, 0] - feats[:, -2:, 0, 0]
+        main = self._main(feats)
+        return centres[0, :, 0, 0] - main[:, -2:, 0, 0]
 
     def object_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) fused map -> (B, h, w) logits that a cell shows an object (``object_map`` only)."""
         if not self.config.object_map:
             raise ValueError("this network has no object map")
-        return self.object_conv(feats)[:, 0]
+        return self.object_conv(self._main(feats))[:, 0]
 
     def keypoint_coords(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) -> (B, 2K): the expected x and y (in [-1, 1]) of each keypoint's softmax over the map."""
-        heat = self.keypoint_conv(feats)
+        heat = self.keypoint_conv(self._main(feats))
         xy = _soft_argmax(heat, _coords(heat.shape[2], heat.shape[3], heat.device, heat.dtype))
         return torch.cat([xy[..., 0], xy[..., 1]], dim=1)
 
@@ -237,9 +308,13 @@ class QNetwork(nn.Module):
             parts.append(g[:, None, :].expand(b, k, 2))
         z = torch.cat(parts, dim=-1)
         e = self.embed(z)  # (B, K, F)
-        x = torch.relu(feats[:, None] + e[..., None, None])  # (B, K, F, h, w)
-        x = self.head_convs(x.reshape(b * k, *feats.shape[1:]))
-        return self.fc(x.flatten(1)).view(b, k)
+        main = self._main(feats)
+        x = torch.relu(main[:, None] + e[..., None, None])  # (B, K, F, h, w)
+        x = self.head_convs(x.reshape(b * k, *main.shape[1:]))
+        logits = self.fc(x.flatten(1)).view(b, k)
+        if self.config.target_readout:
+            logits = logits + self._local_logits(feats, states, actions)
+        return logits
 
     def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Logits; actions (B, 6) -> (B,), actions (B, K, 6) -> (B, K)."""

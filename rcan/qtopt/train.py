@@ -129,6 +129,14 @@ class TrainArgs:
     """Weight of the auxiliary loss that teaches the gripper keypoint where the fingertips are (squared
     error in units of feature-map cells; labels from the simulator, stored in the replay; rows without a
     label are skipped). Only with ``gripper_keypoint``."""
+    target_readout: bool = False
+    """Also read the image where each move takes the gripper (``QNetConfig.target_readout``): a local head,
+    the same at every place, adds its logit to the global one. Needs ``gripper_keypoint``."""
+    move_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the target read-out where a move takes the gripper
+    (squared error in fused-map cells against where the simulator shows the fingertips after the step,
+    moved with the image's random shift; the last step of an episode has no label). Only with
+    ``target_readout``."""
     object_aux_weight: float = 0.0
     """Weight of an auxiliary loss that teaches the fused map which cells show an object (cross-entropy
     against the fraction of each cell's pixels that the simulator's segmentation marks as object, moved
@@ -183,6 +191,10 @@ class TrainArgs:
     scripted_prob: float = 0.3
     """Fraction of episodes after ``learning_starts`` run by the scripted policy (none in joint finetuning,
     which learns from on-policy episodes only)."""
+    scripted_aim_prob: float = 0.0
+    """Beyond the paper, simulation only: the share of scripted episodes aimed at a random object's centre
+    (privileged object positions, 1 cm noise, random yaw) instead of a random point (see
+    ``rcan.sim.scripted``). The agent never sees positions; this only changes which grasps fill the replay."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
     noise_std: float = 0.3
@@ -328,6 +340,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError(f"collectors must be >= 1 (or 0: in the trainer's process, local), got {args.collectors}")
     if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
+    if not 0.0 <= args.scripted_aim_prob <= 1.0:
+        raise ValueError(f"scripted_aim_prob must be in [0, 1], got {args.scripted_aim_prob}")
     if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
         raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")
     if bool(args.finetune_from) != (args.real_episodes > 0):
@@ -389,6 +403,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         keypoints=args.keypoints,
         gripper_keypoint=args.gripper_keypoint,
         object_map=args.object_aux_weight > 0,
+        target_readout=args.target_readout,
     )
 
 
@@ -413,6 +428,7 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         network=network_config(a).to_json(),
         cem=dataclasses.asdict(acting_cem(a)),
         scripted_prob=0.0 if a.finetune_from else a.scripted_prob,
+        scripted_aim_prob=a.scripted_aim_prob,
         eval_prob=a.eval_prob,
         noise_std=a.noise_std,
         real_prob=a.real_fraction if a.finetune_from else 0.0,
@@ -490,6 +506,27 @@ def gripper_aux_loss(
     cells = feats.shape[-1] / 2.0  # image units -> cells
     err = (net.gripper_coords(feats[known]) - label[known]) * cells
     return (err**2).sum(dim=1).mean()
+
+
+def move_aux_loss(
+    net: QNetwork,
+    feats: torch.Tensor,
+    states: torch.Tensor,
+    actions: torch.Tensor,
+    next_tool_pixels: torch.Tensor,
+    shifts: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
+    """Squared distance, in fused-map cells, between where the target read-out expects the action to take
+    the gripper and where the simulator shows the fingertips after the step, in the shifted image's
+    coordinates (the shift moves the whole image); rows without a label count for nothing."""
+    label = next_tool_pixels + shifts * (2.0 / width)
+    known = torch.isfinite(label).all(dim=1)
+    if not known.any():
+        return torch.zeros(())
+    cells = feats.shape[-1] / 2.0
+    pred = net.move_pixels(feats[known], states[known], actions[known][:, None])[:, 0]
+    return (((pred - label[known]) * cells) ** 2).sum(dim=1).mean()
 
 
 def shift_images(
@@ -697,6 +734,12 @@ class Trainer:
         if self.net.config.gripper_keypoint and a.gripper_aux_weight > 0:
             aux = gripper_aux_loss(self.net, feats, batch["tool_pixels"], shifts, images.shape[-1])
             loss = loss + a.gripper_aux_weight * aux
+        move = torch.zeros(())
+        if self.net.config.target_readout and a.move_aux_weight > 0:
+            move = move_aux_loss(
+                self.net, feats, batch["states"], batch["actions"], batch["next_tool_pixels"], shifts, images.shape[-1]
+            )
+            loss = loss + a.move_aux_weight * move
         obj = torch.zeros(())
         if masks is not None:
             obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
@@ -720,6 +763,7 @@ class Trainer:
             "v_next": float(v[nxt].mean()) if nxt.any() else 0.0,
             "mc_floored": float(floored),
             "gripper_aux": float(aux.detach()),
+            "move_aux": float(move.detach()),
             "object_aux": float(obj.detach()),
         }
 

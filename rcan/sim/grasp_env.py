@@ -14,7 +14,8 @@ Action: Box(-1, 1, (6,)) = (dx, dy, dz, dyaw, gripper, terminate); displacements
 terminate > 0 ends the episode. Reward: -0.05 per step, +1 on success at the last step.
 ``terminated`` is True at the end whichever way it came (the lift and its outcome are the episode's
 terminal event; time is not observed). ``info["is_success"]`` on the last step; ``info["tool_pixel"]``:
-where the fingertips appear in the returned image (privileged, for auxiliary losses); with
+where the fingertips appear in the returned image (privileged, for auxiliary losses); ``reset``'s info
+also has ``objects_xy`` (N, 2), where the settled objects are (privileged, for scripted exploration); with
 ``label_objects=True``, ``info["object_mask"]``: bool HxW, the returned image's pixels that show an object
 (from the same render's segmentation; privileged, for auxiliary losses).
 
@@ -166,6 +167,7 @@ class GraspEnv(gym.Env):
         self._style = self._sample_style(self.domain, self._look_rng)
         info = self._info()
         info["tool_pixel"] = self.tool_pixel()
+        info["objects_xy"] = self.object_positions()[:, :2].astype(np.float32)
         return self._observation(info), info
 
     def step(self, action: np.ndarray):

@@ -3,6 +3,12 @@
 It bootstraps the replay buffer before the learned policy is any good (NOTES.md: 15-30% success in the
 paper's setting). It is open-loop in x-y: it reads the gripper's commanded position from ``info["tool"]``
 (also returned by ``reset``), so it works through vector envs and other processes.
+
+``aim_prob`` (beyond the paper, simulation only): the share of episodes whose goal is a random object's
+centre (``info["objects_xy"]`` from ``reset``, privileged) plus Gaussian noise of ``aim_noise`` metres,
+instead of a random point; the yaw stays random. Random points over a tray with five objects mostly
+land on the floor, so the learner sees few grasps that closed on an object; aimed episodes give it the
+contrast of closing on an object versus beside it, at the same closing heights and yaws.
 """
 
 from __future__ import annotations
@@ -24,8 +30,14 @@ class ScriptedGraspPolicy:
         noise: float = 0.05,
         margin: float = 0.05,
         hover: float = 0.10,
+        aim_prob: float = 0.0,
+        aim_noise: float = 0.01,
     ) -> None:
+        if not 0.0 <= aim_prob <= 1.0 or aim_noise < 0:
+            raise ValueError(f"aim_prob must be in [0, 1] and aim_noise >= 0, got {aim_prob}, {aim_noise}")
         self.rng = rng
+        self.aim_prob, self.aim_noise = float(aim_prob), float(aim_noise)
+        self.aimed = False
         self.tray_half = tray_half
         self.max_translation, self.max_rotation = max_translation, max_rotation
         self.noise, self.margin, self.hover = noise, margin, hover
@@ -38,6 +50,13 @@ class ScriptedGraspPolicy:
         ix, iy = self.tray_half
         m = self.margin
         self.goal = self.rng.uniform([-ix + m, -iy + m], [ix - m, iy - m])
+        self.aimed = bool(self.aim_prob > 0 and self.rng.random() < self.aim_prob)
+        if self.aimed:
+            if "objects_xy" not in info:
+                raise KeyError("aimed exploration needs info['objects_xy'] from the env's reset")
+            objects = np.asarray(info["objects_xy"], dtype=float).reshape(-1, 2)
+            target = objects[self.rng.integers(len(objects))] + self.rng.normal(0.0, self.aim_noise, 2)
+            self.goal = np.clip(target, [-ix + 0.01, -iy + 0.01], [ix - 0.01, iy - 0.01])
         self.goal_yaw = float(self.rng.uniform(-math.pi / 2, math.pi / 2))
         self.phase = "move"
         self._last_height = math.inf

@@ -300,7 +300,7 @@ def test_replay_wraparound_keeps_bootstrap_in_episode(tmp_path) -> None:
 
 
 def test_replay_keeps_where_the_gripper_is_next() -> None:
-    """``next_tool_pixels`` is the next step's label inside an episode, unknown (NaN) at its last step and
+    """``tool_pixels_after`` is the next step's label inside an episode, unknown (NaN) at its last step and
     for episodes without labels."""
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(40, (3, 4, 4), n_step=3)
@@ -313,9 +313,9 @@ def test_replay_keeps_where_the_gripper_is_next() -> None:
     step, tag = batch["images"][:, 0, 0, 0].astype(int), batch["images"][:, 1, 0, 0].astype(int)
     last = step == np.where(tag == 1, 4, 6)
     labelled = (tag < 3) & ~last
-    assert np.array_equal(batch["next_tool_pixels"][labelled, 0], step[labelled] + 1)
-    assert np.array_equal(batch["next_tool_pixels"][labelled, 1], tag[labelled])
-    assert np.isnan(batch["next_tool_pixels"][~labelled]).all() and (~labelled).sum() > 0 and last.any()
+    assert np.array_equal(batch["tool_pixels_after"][labelled, 0], step[labelled] + 1)
+    assert np.array_equal(batch["tool_pixels_after"][labelled, 1], tag[labelled])
+    assert np.isnan(batch["tool_pixels_after"][~labelled]).all() and (~labelled).sum() > 0 and last.any()
     assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
 
 

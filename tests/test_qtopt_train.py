@@ -229,3 +229,24 @@ def test_object_map_auxiliary_loss_from_simulated_masks(tmp_path) -> None:
     known = torch.ones(2, dtype=torch.bool)
     assert float(object_aux_loss(t.net, feats, torch.zeros(2, 64, 64), known)) < 1e-3
     assert float(object_aux_loss(t.net, feats, torch.ones(2, 64, 64), known)) > 9.0
+
+
+def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
+    """A tiny run with the target read-out and aimed scripted exploration: the move loss gets labels from
+    the replay (every step but an episode's last), is logged, and the agent it saves acts."""
+    args = make_args(
+        "tiny", out=str(tmp_path / "run"), collectors=0, target_readout=True, scripted_aim_prob=1.0, seed=4
+    )
+    t = Trainer(args)
+    assert t.net.config.target_readout
+    t.run()
+    scripted = t.replays["scripted"]
+    n = len(scripted)
+    labelled = np.isfinite(scripted.tool_pixels_after[:n]).all(axis=1)
+    assert 0 < labelled.sum() < n and scripted.episodes == n - labelled.sum()  # one unlabelled step per episode
+    progress = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    assert progress and all(np.isfinite(row["move_aux"]) and row["move_aux"] > 0 for row in progress)
+    agent = load_agent(tmp_path / "run")
+    assert agent.network.config.target_readout
+    with pytest.raises(ValueError, match="scripted_aim_prob"):
+        Trainer(make_args("tiny", out=str(tmp_path / "bad"), collectors=0, scripted_aim_prob=2.0))

@@ -96,7 +96,7 @@ class ReplayBuffer:
         self.mc_returns = np.zeros(capacity, np.float32)
         self.discounts = np.zeros(capacity, np.float32)
         self.tool_pixels = np.full((capacity, 2), np.nan, np.float32)
-        self.next_tool_pixels = np.full((capacity, 2), np.nan, np.float32)
+        self.tool_pixels_after = np.full((capacity, 2), np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
         # Object masks (bit-packed, 1/24 of an RGB image) only in buffers that keep them.
@@ -133,11 +133,11 @@ class ReplayBuffer:
         self.actions[s] = ep.actions
         self.returns[s], self.discounts[s], self.offsets[s] = ret, disc, off
         self.mc_returns[s] = mc_returns(rewards, self.gamma)
-        self.tool_pixels[s] = self.next_tool_pixels[s] = np.nan
+        self.tool_pixels[s] = self.tool_pixels_after[s] = np.nan
         if tool_pixels is not None:
             pixels = np.asarray(tool_pixels, np.float32).reshape(t_len, 2)
             self.tool_pixels[s] = pixels
-            self.next_tool_pixels[self.pos : self.pos + t_len - 1] = pixels[1:]  # the last step lifts: unknown
+            self.tool_pixels_after[self.pos : self.pos + t_len - 1] = pixels[1:]  # the last step lifts: unknown
         if self.object_masks is not None and self.mask_known is not None:
             known = ep.object_masks is not None
             self.mask_known[s] = known
@@ -151,7 +151,7 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        next_tool_pixels, next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its
+        tool_pixels_after, next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its
         discount is 0); from a buffer that keeps object masks, also object_masks (B, H, W) uint8 0/1 and
         mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
@@ -167,7 +167,7 @@ class ReplayBuffer:
             "discounts": self.discounts[i],
             "mc_returns": self.mc_returns[i],
             "tool_pixels": self.tool_pixels[i],
-            "next_tool_pixels": self.next_tool_pixels[i],
+            "tool_pixels_after": self.tool_pixels_after[i],
             "next_images": self.images[j],
             "next_states": self.states[j],
         }
@@ -194,7 +194,7 @@ class ReplayBuffer:
             f"{prefix}discounts": self.discounts[:n],
             f"{prefix}mc_returns": self.mc_returns[:n],
             f"{prefix}tool_pixels": self.tool_pixels[:n],
-            f"{prefix}next_tool_pixels": self.next_tool_pixels[:n],
+            f"{prefix}tool_pixels_after": self.tool_pixels_after[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
         } | masks
@@ -217,7 +217,7 @@ class ReplayBuffer:
                 buf.mc_returns[:n] = arrays[f"{prefix}mc_returns"]
             else:  # written before version 0.3: no Monte-Carlo returns; 0 is no floor (targets are >= 0)
                 buf.mc_returns[:n] = 0.0
-            for name in ("tool_pixels", "next_tool_pixels"):  # (older files: unknown, NaN, no auxiliary loss)
+            for name in ("tool_pixels", "tool_pixels_after"):  # (older files: unknown, NaN, no auxiliary loss)
                 if f"{prefix}{name}" in arrays:
                     getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]
         except (KeyError, ValueError) as err:

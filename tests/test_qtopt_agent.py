@@ -114,6 +114,28 @@ def test_evaluation_reuses_the_same_objects() -> None:
     assert r["mean_steps"] == 1 and len(r["frames"]) == 1 and len(r["frames"][0]) == 2
     r2 = evaluate_policy(Lift(), "canonical", attempts=1, seed=4, strip_attempts=0)
     assert r2["objects"] == r["objects"]
+    # Closing at the start pose, high above the tray: recorded, and counted by how far from objects.
+    first = r["per_attempt"][0]
+    assert first["close_height"] > 0.15 and first["close_distance"] >= 0
+    failed = sum(not a["success"] for a in r["per_attempt"])
+    assert sum(r["failures"].values()) == failed == 2
+
+
+def test_failure_breakdown_kinds() -> None:
+    from rcan.qtopt.evaluate import failure_breakdown
+
+    attempts = [
+        {"success": True, "close_distance": 0.01},
+        {"success": False},
+        {"success": False, "close_distance": 0.08},
+        {"success": False, "close_distance": 0.02},
+        {"success": False, "close_distance": 0.025},
+    ]
+    assert failure_breakdown(attempts) == {
+        "never_closed": 1,
+        "closed_away_from_objects": 1,
+        "closed_at_an_object": 2,
+    }
 
 
 def test_evaluate_errors(tmp_path, monkeypatch) -> None:

@@ -149,6 +149,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"{r['domain']}: {r['success_rate']:.1%} success ({r['successes']}/{r['attempts']}), "
         f"Wilson 95% [{lo:.1%}, {hi:.1%}]; wrote {r['result_json']} and {r['frames_png']}"
     )
+    f = r["failures"]
+    print(
+        f"failures: {f['closed_at_an_object']} closed at an object (within 3 cm of its centre) but lost it, "
+        f"{f['closed_away_from_objects']} closed away from every object, {f['never_closed']} never closed"
+    )
     return 0
 
 

@@ -5,6 +5,11 @@ seed). Every attempt is an episode of at most 20 steps; after it, the same objec
 tray at random places (a reset with the same object set: the simplest honest version of "the grasped object
 is put back at a random location"). The success rate is reported with a Wilson 95% interval, which stays
 sensible at 0% or 100% and for 102 attempts.
+
+Diagnostics (privileged simulator state, read only after the policy has acted, never shown to it): per
+attempt, the gripper height and the x-y distance from the commanded grasp point to the nearest object's
+centre when the gripper was first closed; summed up as ``failures``: never closed, closed away from
+every object (farther than ``NEAR_OBJECT`` m), or closed on or beside one and still lost it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+NEAR_OBJECT = 0.03
+"""Closing within this x-y distance (m) of an object's centre counts as "closed at an object" (objects are
+~6x8 cm, so the fingers then straddle or touch it)."""
 
 ASSET_AGENT = Path(__file__).resolve().parent.parent / "assets" / "agent"
 """The agent shipped with the project (used when ``--agent`` is not given)."""
@@ -76,12 +85,16 @@ def evaluate_policy(
             policy.reset(info)
             shots = [obs["image"]]
             done, steps, success = False, 0, False
+            close: dict[str, float] = {}
             while not done:
-                obs, _, done, _, info = env.step(policy.act(obs, info))
+                action = np.asarray(policy.act(obs, info), dtype=np.float32)
+                if action[4] > 0 and not close:
+                    close = _closing(env, obs, info, action)
+                obs, _, done, _, info = env.step(action)
                 steps += 1
                 shots.append(obs["image"])
                 success = bool(info.get("is_success", False)) if done else False
-            per_attempt.append({"success": success, "steps": steps})
+            per_attempt.append({"success": success, "steps": steps, **close})
             if i < strip_attempts:
                 frames.append(shots)
         objects = env.episode_objects
@@ -98,9 +111,36 @@ def evaluate_policy(
         "objects": sorted(objects),
         "seed": seed,
         "mean_steps": float(np.mean([a["steps"] for a in per_attempt])),
+        "failures": failure_breakdown(per_attempt),
         "per_attempt": per_attempt,
         "frames": frames,
     }
+
+
+def _closing(env: Any, obs: dict, info: dict, action: np.ndarray) -> dict[str, float]:
+    """Where a first closing happens: height (m) and x-y distance to the nearest object's centre (m)."""
+    lo, hi = env.cell.config.tray_inner_half
+    point = np.asarray(info["tool"], dtype=float)[:2] + action[:2] * env.max_translation
+    point = np.clip(point, [-lo + 0.01, -hi + 0.01], [lo - 0.01, hi - 0.01])  # as the env clips its target
+    objects = env.object_positions()[:, :2]
+    distance = float(np.min(np.linalg.norm(objects - point, axis=1)))
+    return {"close_height": float(obs["gripper_height"][0]), "close_distance": round(distance, 4)}
+
+
+def failure_breakdown(per_attempt: list[dict[str, Any]]) -> dict[str, int]:
+    """Failed attempts by kind: never closed; closed farther than ``NEAR_OBJECT`` from every object's
+    centre; closed near one and still did not hold it after the lift."""
+    out = {"never_closed": 0, "closed_away_from_objects": 0, "closed_at_an_object": 0}
+    for a in per_attempt:
+        if a["success"]:
+            continue
+        if "close_distance" not in a:
+            out["never_closed"] += 1
+        elif a["close_distance"] > NEAR_OBJECT:
+            out["closed_away_from_objects"] += 1
+        else:
+            out["closed_at_an_object"] += 1
+    return out
 
 
 def save_frame_strip(

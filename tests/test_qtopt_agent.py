@@ -100,6 +100,9 @@ def test_evaluate_protocol_with_tiny_agent(tmp_path) -> None:
     assert (lo, hi) == pytest.approx(wilson_interval(saved["successes"], 3))
     assert 5 <= len(saved["objects"]) <= 6 and all(len(a) == 2 for a in [saved["wilson95"]])
     assert (tmp_path / "ev" / "frames.png").is_file() and r["success_rate"] == saved["success_rate"]
+    assert saved["cem"] == {"samples": 8, "elites": 2, "iterations": 1}  # the agent's own
+    r = run_evaluation(str(tmp_path / "agent"), "canonical", attempts=1, seed=1, out=str(tmp_path / "e2"), cem=CEMConfig(4, 2, 3))
+    assert r["cem"] == {"samples": 4, "elites": 2, "iterations": 3}
 
 
 def test_evaluation_reuses_the_same_objects() -> None:
@@ -149,3 +152,15 @@ def test_evaluate_errors(tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError, match="attempts"):
         evaluate_policy(None, "canonical", attempts=0)
     assert save_frame_strip(tmp_path / "s.png", [], []).is_file()
+
+
+def test_evaluate_cem_option() -> None:
+    from rcan.qtopt.commands import _parse_cem
+
+    assert _parse_cem(None) is None
+    assert _parse_cem("128,10,3") == CEMConfig(128, 10, 3)
+    for bad in ("64,6", "a,b,c", "64,6,3,1"):
+        with pytest.raises(ValueError, match="SAMPLES,ELITES,ITERATIONS"):
+            _parse_cem(bad)
+    with pytest.raises(ValueError, match="elites"):
+        _parse_cem("4,6,2")

@@ -40,11 +40,14 @@ def test_network_shapes(channels: int, keypoints: int, gripper: bool, readout: b
 
 
 @pytest.mark.parametrize(
-    ("keypoints", "gripper", "readout"), [(0, False, False), (8, False, False), (0, True, False), (0, True, True)]
+    ("keypoints", "gripper", "readout", "yaw"),
+    [(0, False, False, False), (8, False, False, False), (0, True, False, False), (0, True, True, False), (0, True, True, True)],
 )
-def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: bool) -> None:
+def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: bool, yaw: bool) -> None:
     torch.manual_seed(1)
-    net = QNetwork(QNetConfig(keypoints=keypoints, gripper_keypoint=gripper, target_readout=readout))
+    net = QNetwork(
+        QNetConfig(keypoints=keypoints, gripper_keypoint=gripper, target_readout=readout, gripper_yaw=yaw)
+    )
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     states = torch.rand(3, 2)
     cands = torch.rand(3, 7, 6) * 2 - 1
@@ -59,6 +62,59 @@ def test_wrong_channels_rejected() -> None:
         QNetConfig(in_channels=4)
     with pytest.raises(ValueError, match="target_readout"):
         QNetConfig(target_readout=True, gripper_keypoint=False)
+    with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
+        QNetConfig(gripper_keypoint=True, gripper_yaw=True)
+
+
+def test_turn_yaw_vector_adds_the_angle() -> None:
+    from rcan.qtopt.network import turn_yaw_vector
+
+    psi, turn = torch.tensor([0.3, -1.2, 2.0]), torch.tensor([0.2, -0.5, 1.4])
+    u = torch.stack([torch.cos(2 * psi), torch.sin(2 * psi)], dim=-1)
+    want = torch.stack([torch.cos(2 * (psi + turn)), torch.sin(2 * (psi + turn))], dim=-1)
+    torch.testing.assert_close(turn_yaw_vector(u, turn), want)
+
+
+def test_gripper_yaw_learns_a_bar_angle() -> None:
+    """The keypoint and yaw losses teach the network to find a bar and read its angle modulo 180 degrees,
+    through random shifts, to within ~15 degrees on average."""
+    from rcan.qtopt.train import gripper_aux_loss, yaw_aux_loss
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    net = QNetwork(
+        QNetConfig(
+            gripper_keypoint=True, target_readout=True, gripper_yaw=True, image_size=32, channels=(16, 16), strides=(2, 2)
+        )
+    )
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def batch(n: int) -> tuple[torch.Tensor, ...]:
+        centre = torch.randint(9, 23, (n, 2), generator=gen).float()  # (x, y) pixel
+        psi = (torch.rand(n, generator=gen) * 2 - 1) * math.pi
+        dx, dy = xs[None] - centre[:, 0, None, None], ys[None] - centre[:, 1, None, None]
+        along = dx * torch.cos(psi)[:, None, None] + dy * torch.sin(psi)[:, None, None]
+        across = -dx * torch.sin(psi)[:, None, None] + dy * torch.cos(psi)[:, None, None]
+        bar = (along.abs() <= 5) & (across.abs() <= 1.2)
+        images = torch.where(bar[:, None], 250, 40).expand(n, 3, 32, 32).to(torch.uint8)
+        return images, (centre * 2 + 1) / 32 - 1, psi
+
+    for _ in range(500):
+        images, here, psi = batch(32)
+        shifted, shifts = random_shift(images, 2, gen, return_shifts=True)
+        feats = net.features(shifted)
+        loss = gripper_aux_loss(net, feats, here, shifts, 32) + yaw_aux_loss(net, feats, psi)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    images, _, psi = batch(64)
+    with torch.no_grad():
+        u = net.gripper_yaw_vector(net.features(images))
+    got = torch.atan2(u[:, 1], u[:, 0]) / 2
+    err = torch.remainder(got - psi + math.pi / 2, math.pi) - math.pi / 2  # modulo 180 degrees
+    assert float(err.abs().mean()) < math.radians(15)
+    assert float(yaw_aux_loss(net, net.features(images), torch.full((64,), float("nan")))) == 0.0
 
 
 def test_target_readout_only_reads_where_the_move_lands() -> None:
@@ -316,6 +372,12 @@ def test_replay_keeps_where_the_gripper_is_next() -> None:
     assert np.array_equal(batch["tool_pixels_after"][labelled, 0], step[labelled] + 1)
     assert np.array_equal(batch["tool_pixels_after"][labelled, 1], tag[labelled])
     assert np.isnan(batch["tool_pixels_after"][~labelled]).all() and (~labelled).sum() > 0 and last.any()
+    assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
+    assert np.isnan(batch["tool_yaws"]).all()  # these episodes carry no yaws
+    ep = _episode(rng, 3, 4)
+    buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards, tool_yaws=np.array([0.1, 0.2, 0.3])))
+    known = buf.tool_yaws[np.isfinite(buf.tool_yaws)]
+    np.testing.assert_allclose(known, [0.1, 0.2, 0.3], rtol=1e-6)
     assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
 
 

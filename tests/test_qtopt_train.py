@@ -170,6 +170,7 @@ def test_joint_finetuning_can_continue_the_training_run(tmp_path) -> None:
     assert len(t.replays["real"]) > 0 and len(t.replays["policy"]) >= before
     # The labels of the gripper keypoint come from simulated episodes only.
     assert np.isnan(t.replays["real"].tool_pixels[: len(t.replays["real"])]).all()
+    assert np.isnan(t.replays["real"].tool_yaws[: len(t.replays["real"])]).all()
     assert not np.isnan(t.replays["scripted"].tool_pixels[: len(t.replays["scripted"])]).any()
     with pytest.raises(ValueError, match="finetune_continue"):
         make_args("tiny", out=str(tmp_path / "x"), finetune_continue=True)
@@ -235,7 +236,13 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
     """A tiny run with the target read-out and aimed scripted exploration: the move loss gets labels from
     the replay (every step but an episode's last), is logged, and the agent it saves acts."""
     args = make_args(
-        "tiny", out=str(tmp_path / "run"), collectors=0, target_readout=True, scripted_aim_prob=1.0, seed=4
+        "tiny",
+        out=str(tmp_path / "run"),
+        collectors=0,
+        target_readout=True,
+        gripper_yaw=True,
+        scripted_aim_prob=1.0,
+        seed=4,
     )
     t = Trainer(args)
     assert t.net.config.target_readout
@@ -246,7 +253,11 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
     assert 0 < labelled.sum() < n and scripted.episodes == n - labelled.sum()  # one unlabelled step per episode
     progress = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
     assert progress and all(np.isfinite(row["move_aux"]) and row["move_aux"] > 0 for row in progress)
+    assert all(np.isfinite(row["yaw_aux"]) and row["yaw_aux"] > 0 for row in progress)
+    assert np.isfinite(scripted.tool_yaws[:n]).all() and (np.abs(scripted.tool_yaws[:n]) <= np.pi).all()
     agent = load_agent(tmp_path / "run")
-    assert agent.network.config.target_readout
+    assert agent.network.config.target_readout and agent.network.config.gripper_yaw
     with pytest.raises(ValueError, match="scripted_aim_prob"):
         Trainer(make_args("tiny", out=str(tmp_path / "bad"), collectors=0, scripted_aim_prob=2.0))
+    with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
+        make_args("tiny", target_readout=False, gripper_yaw=True)

@@ -56,6 +56,9 @@ class Episode:
     tool_pixels: np.ndarray | None = None
     """(T, 2) float32: where the fingertips appear in each state image, x and y in [-1, 1] (privileged: the
     label of the auxiliary gripper-keypoint loss, never an input; None from envs that do not report it)."""
+    tool_yaws: np.ndarray | None = None
+    """(T,) float32: the gripper's yaw (rad) before each action (privileged: the label of the auxiliary
+    gripper-yaw loss, never an input; None from envs that do not report it)."""
     object_masks: np.ndarray | None = None
     """(T, H, W // 8) uint8: each state image's object pixels, bit-packed along rows (``np.packbits``;
     privileged: the label of the auxiliary object-map loss; None unless the collector labels objects)."""
@@ -305,12 +308,13 @@ class EpisodeRunner:
         t0 = time.perf_counter()
         obs, info = env.reset(seed=int(self.rng.integers(2**31)))
         self.scripted.reset(info)
-        raw, imgs, states, actions, rewards, pixels, masks = [], [], [], [], [], [], []
+        raw, imgs, states, actions, rewards, pixels, yaws, masks = [], [], [], [], [], [], [], []
         close_h = close_d = math.nan
         done, success = False, False
         while not done:
             state = obs_state(obs)
             pixels.append(info.get("tool_pixel", (math.nan, math.nan)))
+            yaws.append(info.get("yaw", math.nan))
             if "object_mask" in info:
                 masks.append(np.packbits(info["object_mask"], axis=-1))
             if kind == "scripted":
@@ -352,6 +356,7 @@ class EpisodeRunner:
             close_distance=close_d,
             seconds=time.perf_counter() - t0,
             tool_pixels=np.asarray(pixels, np.float32),
+            tool_yaws=np.asarray(yaws, np.float32),
             object_masks=np.stack(masks) if masks and len(masks) == len(rewards) else None,
         )
 

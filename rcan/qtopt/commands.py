@@ -88,6 +88,12 @@ def register(sub: Any) -> None:
     e.add_argument("--seed", type=int, default=0, help="chooses the test objects and the drops")
     e.add_argument("--out", default=None, help="output directory (default: eval/AGENT-DOMAIN-seedS)")
     e.add_argument("--generator", default=None, help="RCAN generator for an rcan agent (default: beside it)")
+    e.add_argument(
+        "--cem",
+        default=None,
+        metavar="SAMPLES,ELITES,ITERATIONS",
+        help="action search to act with instead of the agent's own (e.g. 64,6,3)",
+    )
     e.set_defaults(func=_cmd_evaluate)
 
     c = sub.add_parser(
@@ -138,11 +144,25 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_cem(text: str | None) -> Any:
+    """``SAMPLES,ELITES,ITERATIONS`` -> CEMConfig (None: the agent's own); a bad value is a ValueError."""
+    if text is None:
+        return None
+    from rcan.qtopt.cem import CEMConfig
+
+    try:
+        samples, elites, iterations = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--cem must be SAMPLES,ELITES,ITERATIONS (three integers), got {text!r}") from None
+    return CEMConfig(samples, elites, iterations)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rcan.qtopt.evaluate import run_evaluation
 
     r = run_evaluation(
-        args.agent, args.domain, args.attempts, args.seed, args.out, args.texture_dir, args.generator
+        args.agent, args.domain, args.attempts, args.seed, args.out, args.texture_dir, args.generator,
+        cem=_parse_cem(args.cem),
     )
     lo, hi = r["wilson95"]
     print(

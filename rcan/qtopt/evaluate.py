@@ -175,8 +175,11 @@ def run_evaluation(
     texture_dir: str | None = None,
     generator: str | None = None,
     threads: int = 1,
+    cem: Any = None,
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json`` and ``frames.png``.
+
+    ``cem``: a ``CEMConfig`` to act with instead of the agent's own (None: its own; recorded in the result).
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the
     protocol 4x slower than 1 (measured), so 1 is the default (0 keeps torch's choice)."""
@@ -197,7 +200,7 @@ def run_evaluation(
             )
         agent = str(ASSET_AGENT)
     path = resolve_agent_path(agent)
-    policy = load_agent(path, generator=generator, seed=seed)
+    policy = load_agent(path, generator=generator, cem=cem, seed=seed)
     result = evaluate_policy(
         policy, domain, attempts, seed, image_size=policy.network.config.image_size, texture_dir=texture_dir
     )
@@ -205,6 +208,8 @@ def run_evaluation(
     out_dir = Path(out) if out else Path("eval") / f"{path.parent.name}-{domain}-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result.update({"agent": str(path), "input_mode": policy.input_mode, "texture_dir": texture_dir})
+    c = policy.cem
+    result["cem"] = {"samples": c.samples, "elites": c.elites, "iterations": c.iterations}
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])
     result["frames_png"] = str(strip)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")

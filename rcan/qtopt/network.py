@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,19 @@ class QNetConfig:
     every place, so "closing on an object here" learned at one place counts everywhere (translation
     equivariance the global FC read-out lacks). Needs ``gripper_keypoint`` and two or more tower convs."""
 
+    gripper_yaw: bool = False
+    """Read the gripper's yaw from the image: a linear map of both maps sampled at the located gripper
+    gives (cos 2 psi, sin 2 psi) (the two-finger gripper looks the same turned by 180 degrees), taught by
+    ``TrainArgs.yaw_aux_weight`` against the simulator's yaw. Each candidate's rotation (``yaw_step`` per
+    unit of dyaw) turns it into the yaw the fingers will close at, which the target read-out's local head
+    gets beside the features where they close: QT-Opt's state has no yaw, so without this the critic must
+    find the fingers' angle in the image on its own. Needs ``target_readout``."""
+    yaw_step: float = math.radians(15.0)
+    """Radians of yaw per unit of the action's dyaw (the env's ``max_rotation``)."""
+
     def __post_init__(self) -> None:
+        if self.gripper_yaw and not self.target_readout:
+            raise ValueError("gripper_yaw needs target_readout")
         if self.target_readout and (not self.gripper_keypoint or len(self.channels) < 2):
             raise ValueError("target_readout needs gripper_keypoint and at least two tower convs")
         if self.in_channels not in (3, 6):
@@ -126,6 +139,12 @@ def _soft_argmax(heat: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     softmax over the map."""
     prob = torch.softmax(heat.flatten(2), dim=-1).view_as(heat)
     return torch.stack([(prob * grid[:, 0:1]).sum((2, 3)), (prob * grid[:, 1:2]).sum((2, 3))], dim=-1)
+
+
+def turn_yaw_vector(u: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """(..., 2) vectors (cos 2 psi, sin 2 psi) and (...) angles (rad) -> the vectors of psi + angle."""
+    c, s = torch.cos(2.0 * turn), torch.sin(2.0 * turn)
+    return torch.stack([u[..., 0] * c - u[..., 1] * s, u[..., 0] * s + u[..., 1] * c], dim=-1)
 
 
 def action_features(actions: torch.Tensor) -> torch.Tensor:
@@ -181,7 +200,9 @@ class QNetwork(nn.Module):
             self.move_net = nn.Sequential(
                 nn.Linear(3 + 1 + 2, config.embed_hidden), nn.ReLU(inplace=True), nn.Linear(config.embed_hidden, 2)
             )
-            local_in = config.channels[-2] + fused + ACTION_DIM + 2 + STATE_DIM
+            local_in = config.channels[-2] + fused + ACTION_DIM + 2 + STATE_DIM + (2 if config.gripper_yaw else 0)
+            if config.gripper_yaw:
+                self.yaw_head = nn.Linear(config.channels[-2] + fused, 2)
             self.local_head = nn.Sequential(
                 nn.Linear(local_in, config.fc_hidden),
                 nn.ReLU(inplace=True),
@@ -247,6 +268,19 @@ class QNetwork(nn.Module):
         z = torch.cat([actions[..., :3], height[:, None].expand(b, k, 1), g[:, None].expand(b, k, 2)], dim=-1)
         return g[:, None] + self.move_net(z)
 
+    def gripper_yaw_vector(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, F, h, w) -> (B, 2): the gripper's (cos 2 psi, sin 2 psi) read where the gripper is located
+        (``gripper_yaw`` networks only)."""
+        if not self.config.gripper_yaw:
+            raise ValueError("this network does not read the gripper's yaw")
+        grid = self.gripper_coords(feats)[:, None, None, :]  # (B, 1, 1, 2)
+        sampled = [
+            F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0, 0]
+            for m in (self._fine(feats), self._main(feats))
+        ]
+        v = self.yaw_head(torch.cat(sampled, dim=1))
+        return v / (v.norm(dim=1, keepdim=True) + 1e-6)
+
     def _local_logits(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The target read-out's logits (B, K): features sampled where each move takes the gripper."""
         b, k = actions.shape[:2]
@@ -257,7 +291,11 @@ class QNetwork(nn.Module):
         ]  # each (B, C, K)
         s = states.to(actions.dtype)
         s = torch.stack([s[:, 0], s[:, 1] * HEIGHT_SCALE], dim=-1)[:, None].expand(b, k, STATE_DIM)
-        z = torch.cat([*(t.transpose(1, 2) for t in sampled), action_features(actions), s], dim=-1)
+        parts = [*(t.transpose(1, 2) for t in sampled), action_features(actions), s]
+        if self.config.gripper_yaw:  # the yaw the fingers will close at: today's turned by the candidate's dyaw
+            u = self.gripper_yaw_vector(feats)[:, None, :].expand(b, k, 2)
+            parts.append(turn_yaw_vector(u, actions[..., 3] * self.config.yaw_step))
+        z = torch.cat(parts, dim=-1)
         return self.local_head(z)[..., 0]
 
     def gripper_coords(self, feats: torch.Tensor) -> torch.Tensor:

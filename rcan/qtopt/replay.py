@@ -4,7 +4,8 @@ Layout: one slot per environment step: the state image before the action, the ac
 return and discount, the episode's discounted return from that step on (the Monte-Carlo return that
 ``mc_lower_bound`` training uses as a floor for its targets), and where the fingertips appear in the
 image (NaN when unknown; the label of the auxiliary gripper-keypoint loss) and in the next one (NaN at an
-episode's last step; the label of the target read-out's move loss). The bootstrap state of slot
+episode's last step; the label of the target read-out's move loss), and the gripper's yaw (NaN when
+unknown; the label of the gripper-yaw loss). The bootstrap state of slot
 i is slot i + k of the same episode, so every image is stored once (the terminal observation is never
 needed: there is no bootstrap from it). Episodes are kept contiguous (an episode that would straddle the
 end of the ring starts again at slot 0), and the ring is overwritten in increasing order, so a
@@ -34,7 +35,8 @@ class EpisodeSteps:
 
     images (T, C, H, W) uint8, the state before each action; states (T, 2); actions (T, 6); rewards (T,),
     the last step terminal (GraspEnv's always is); tool_pixels (T, 2), where the fingertips appear in each
-    image, or None when unknown (``real`` episodes); object_masks (T, H, ceil(W / 8)) uint8, each image's
+    image, or None when unknown (``real`` episodes); tool_yaws (T,), the gripper's yaw (rad) before each
+    action, or None when unknown; object_masks (T, H, ceil(W / 8)) uint8, each image's
 object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None when unknown."""
 
     images: np.ndarray
@@ -43,6 +45,7 @@ object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None wh
     rewards: np.ndarray
     tool_pixels: np.ndarray | None = None
     object_masks: np.ndarray | None = None
+    tool_yaws: np.ndarray | None = None
 
 
 def nstep_returns(rewards: np.ndarray, gamma: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,6 +100,7 @@ class ReplayBuffer:
         self.discounts = np.zeros(capacity, np.float32)
         self.tool_pixels = np.full((capacity, 2), np.nan, np.float32)
         self.tool_pixels_after = np.full((capacity, 2), np.nan, np.float32)
+        self.tool_yaws = np.full(capacity, np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
         # Object masks (bit-packed, 1/24 of an RGB image) only in buffers that keep them.
@@ -138,6 +142,7 @@ class ReplayBuffer:
             pixels = np.asarray(tool_pixels, np.float32).reshape(t_len, 2)
             self.tool_pixels[s] = pixels
             self.tool_pixels_after[self.pos : self.pos + t_len - 1] = pixels[1:]  # the last step lifts: unknown
+        self.tool_yaws[s] = np.nan if ep.tool_yaws is None else np.asarray(ep.tool_yaws, np.float32).reshape(t_len)
         if self.object_masks is not None and self.mask_known is not None:
             known = ep.object_masks is not None
             self.mask_known[s] = known
@@ -151,7 +156,7 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        tool_pixels_after, next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its
+        tool_pixels_after, tool_yaws, next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its
         discount is 0); from a buffer that keeps object masks, also object_masks (B, H, W) uint8 0/1 and
         mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
@@ -168,6 +173,7 @@ class ReplayBuffer:
             "mc_returns": self.mc_returns[i],
             "tool_pixels": self.tool_pixels[i],
             "tool_pixels_after": self.tool_pixels_after[i],
+            "tool_yaws": self.tool_yaws[i],
             "next_images": self.images[j],
             "next_states": self.states[j],
         }
@@ -195,6 +201,7 @@ class ReplayBuffer:
             f"{prefix}mc_returns": self.mc_returns[:n],
             f"{prefix}tool_pixels": self.tool_pixels[:n],
             f"{prefix}tool_pixels_after": self.tool_pixels_after[:n],
+            f"{prefix}tool_yaws": self.tool_yaws[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
         } | masks
@@ -217,7 +224,7 @@ class ReplayBuffer:
                 buf.mc_returns[:n] = arrays[f"{prefix}mc_returns"]
             else:  # written before version 0.3: no Monte-Carlo returns; 0 is no floor (targets are >= 0)
                 buf.mc_returns[:n] = 0.0
-            for name in ("tool_pixels", "tool_pixels_after"):  # (older files: unknown, NaN, no auxiliary loss)
+            for name in ("tool_pixels", "tool_pixels_after", "tool_yaws"):  # (older files: unknown, NaN, no auxiliary loss)
                 if f"{prefix}{name}" in arrays:
                     getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]
         except (KeyError, ValueError) as err:

@@ -139,6 +139,12 @@ class TrainArgs:
     (squared error in fused-map cells against where the simulator shows the fingertips after the step,
     moved with the image's random shift; the last step of an episode has no label). Only with
     ``target_readout``."""
+    gripper_yaw: bool = False
+    """Read the gripper's yaw from the image and give the read-out the yaw each candidate closes at
+    (``QNetConfig.gripper_yaw``; labels from the simulator, training only). Needs ``target_readout``."""
+    yaw_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the yaw read-out (squared error of the (cos 2 psi,
+    sin 2 psi) vector; rows without a label are skipped). Only with ``gripper_yaw``."""
     object_aux_weight: float = 0.0
     """Weight of an auxiliary loss that teaches the fused map which cells show an object (cross-entropy
     against the fraction of each cell's pixels that the simulator's segmentation marks as object, moved
@@ -345,6 +351,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
     if not 0.0 <= args.scripted_aim_prob <= 1.0:
         raise ValueError(f"scripted_aim_prob must be in [0, 1], got {args.scripted_aim_prob}")
+    if args.gripper_yaw and not args.target_readout:
+        raise ValueError("gripper_yaw needs target_readout (the read-out's local head uses the yaw)")
     if args.target_readout and not args.gripper_keypoint:
         raise ValueError("target_readout needs gripper_keypoint (the read-out starts from the located gripper)")
     if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
@@ -378,6 +386,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "finetune_continue": False,
     "target_readout": False,
     "scripted_aim_prob": 0.0,
+    "gripper_yaw": False,
 }
 """Values of fields added after runs were saved without them: what those runs did (the defaults changed)."""
 
@@ -415,6 +424,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         gripper_keypoint=args.gripper_keypoint,
         object_map=args.object_aux_weight > 0,
         target_readout=args.target_readout,
+        gripper_yaw=args.gripper_yaw,
     )
 
 
@@ -538,6 +548,16 @@ def move_aux_loss(
     cells = feats.shape[-1] / 2.0
     pred = net.move_pixels(feats[known], states[known], actions[known][:, None])[:, 0]
     return (((pred - label[known]) * cells) ** 2).sum(dim=1).mean()
+
+
+def yaw_aux_loss(net: QNetwork, feats: torch.Tensor, yaws: torch.Tensor) -> torch.Tensor:
+    """Squared error between the read yaw vector and (cos 2 psi, sin 2 psi) of the simulator's yaw (a random
+    shift does not turn the image); rows without a label count for nothing."""
+    known = torch.isfinite(yaws)
+    if not known.any():
+        return torch.zeros(())
+    label = torch.stack([torch.cos(2 * yaws[known]), torch.sin(2 * yaws[known])], dim=1)
+    return ((net.gripper_yaw_vector(feats[known]) - label) ** 2).sum(dim=1).mean()
 
 
 def shift_images(
@@ -692,6 +712,7 @@ class Trainer:
             rewards,
             tool_pixels=ep.tool_pixels if sim else None,
             object_masks=ep.object_masks if sim else None,
+            tool_yaws=ep.tool_yaws if sim else None,
         )
         self.replay.add_episode(ep.kind, steps)
         self.env_steps += ep.length
@@ -751,6 +772,10 @@ class Trainer:
                 self.net, feats, batch["states"], batch["actions"], batch["tool_pixels_after"], shifts, images.shape[-1]
             )
             loss = loss + a.move_aux_weight * move
+        yaw = torch.zeros(())
+        if self.net.config.gripper_yaw and a.yaw_aux_weight > 0:
+            yaw = yaw_aux_loss(self.net, feats, batch["tool_yaws"])
+            loss = loss + a.yaw_aux_weight * yaw
         obj = torch.zeros(())
         if masks is not None:
             obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
@@ -775,6 +800,7 @@ class Trainer:
             "mc_floored": float(floored),
             "gripper_aux": float(aux.detach()),
             "move_aux": float(move.detach()),
+            "yaw_aux": float(yaw.detach()),
             "object_aux": float(obj.detach()),
         }
 

@@ -330,9 +330,7 @@ class EpisodeRunner:
                     a = np.clip(a, -1.0, 1.0)
             if a[4] > 0 and math.isnan(close_h):
                 close_h = float(state[1])
-                tool = np.asarray(info["tool"], dtype=float)[:2]
-                pos = env.object_positions()[:, :2]
-                close_d = float(np.min(np.linalg.norm(pos - (tool + a[:2] * env.max_translation), axis=1)))
+                close_d = env.closing_distance(a)
             obs, r, done, _, info = env.step(a)
             states.append(state)
             actions.append(np.asarray(a, np.float32))

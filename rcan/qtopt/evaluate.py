@@ -89,7 +89,10 @@ def evaluate_policy(
             while not done:
                 action = np.asarray(policy.act(obs, info), dtype=np.float32)
                 if action[4] > 0 and not close:
-                    close = _closing(env, obs, info, action)
+                    close = {
+                        "close_height": float(obs["gripper_height"][0]),
+                        "close_distance": round(env.closing_distance(action), 4),
+                    }
                 obs, _, done, _, info = env.step(action)
                 steps += 1
                 shots.append(obs["image"])
@@ -115,16 +118,6 @@ def evaluate_policy(
         "per_attempt": per_attempt,
         "frames": frames,
     }
-
-
-def _closing(env: Any, obs: dict, info: dict, action: np.ndarray) -> dict[str, float]:
-    """Where a first closing happens: height (m) and x-y distance to the nearest object's centre (m)."""
-    lo, hi = env.cell.config.tray_inner_half
-    point = np.asarray(info["tool"], dtype=float)[:2] + action[:2] * env.max_translation
-    point = np.clip(point, [-lo + 0.01, -hi + 0.01], [lo - 0.01, hi - 0.01])  # as the env clips its target
-    objects = env.object_positions()[:, :2]
-    distance = float(np.min(np.linalg.norm(objects - point, axis=1)))
-    return {"close_height": float(obs["gripper_height"][0]), "close_distance": round(distance, 4)}
 
 
 def failure_breakdown(per_attempt: list[dict[str, Any]]) -> dict[str, int]:

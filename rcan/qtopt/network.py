@@ -141,6 +141,12 @@ def _soft_argmax(heat: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return torch.stack([(prob * grid[:, 0:1]).sum((2, 3)), (prob * grid[:, 1:2]).sum((2, 3))], dim=-1)
 
 
+def _state_features(states: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 2) gripper closed, height (m) -> the network's state input: closed, height * HEIGHT_SCALE."""
+    s = states.to(dtype)
+    return torch.stack([s[:, 0], s[:, 1] * HEIGHT_SCALE], dim=-1)
+
+
 def turn_yaw_vector(u: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
     """(..., 2) vectors (cos 2 psi, sin 2 psi) and (...) angles (rad) -> the vectors of psi + angle."""
     c, s = torch.cos(2.0 * turn), torch.sin(2.0 * turn)
@@ -257,6 +263,17 @@ class QNetwork(nn.Module):
         """The stride-4 map packed by ``features`` (``target_readout`` networks only)."""
         return F.pixel_shuffle(feats[:, self.config.fuse_channels :], self._fine_scale)
 
+    def _sample_maps(self, feats: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The stride-4 and fused maps, both sampled (bilinear) at ``grid`` (B, H', W', 2) image positions
+        in [-1, 1] -> (B, C_fine + F, H', W')."""
+        return torch.cat(
+            [
+                F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)
+                for m in (self._fine(feats), self._main(feats))
+            ],
+            dim=1,
+        )
+
     def move_pixels(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Where each candidate move takes the gripper in the image: feats (B, F, h, w), states (B, 2),
         actions (B, K, 6) -> (B, K, 2), x and y in [-1, 1] (``target_readout`` networks only)."""
@@ -264,7 +281,7 @@ class QNetwork(nn.Module):
             raise ValueError("this network has no target read-out")
         b, k = actions.shape[:2]
         g = self.gripper_coords(feats)
-        height = states[:, 1:2].to(actions.dtype) * HEIGHT_SCALE
+        height = _state_features(states, actions.dtype)[:, 1:2]
         z = torch.cat([actions[..., :3], height[:, None].expand(b, k, 1), g[:, None].expand(b, k, 2)], dim=-1)
         return g[:, None] + self.move_net(z)
 
@@ -274,24 +291,16 @@ class QNetwork(nn.Module):
         if not self.config.gripper_yaw:
             raise ValueError("this network does not read the gripper's yaw")
         grid = self.gripper_coords(feats)[:, None, None, :]  # (B, 1, 1, 2)
-        sampled = [
-            F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0, 0]
-            for m in (self._fine(feats), self._main(feats))
-        ]
-        v = self.yaw_head(torch.cat(sampled, dim=1))
+        v = self.yaw_head(self._sample_maps(feats, grid)[:, :, 0, 0])
         return v / (v.norm(dim=1, keepdim=True) + 1e-6)
 
     def _local_logits(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The target read-out's logits (B, K): features sampled where each move takes the gripper."""
         b, k = actions.shape[:2]
         grid = self.move_pixels(feats, states, actions)[:, :, None, :]  # (B, K, 1, 2)
-        sampled = [
-            F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0]
-            for m in (self._fine(feats), self._main(feats))
-        ]  # each (B, C, K)
-        s = states.to(actions.dtype)
-        s = torch.stack([s[:, 0], s[:, 1] * HEIGHT_SCALE], dim=-1)[:, None].expand(b, k, STATE_DIM)
-        parts = [*(t.transpose(1, 2) for t in sampled), action_features(actions), s]
+        sampled = self._sample_maps(feats, grid)[..., 0].transpose(1, 2)  # (B, K, C)
+        s = _state_features(states, actions.dtype)[:, None].expand(b, k, STATE_DIM)
+        parts = [sampled, action_features(actions), s]
         if self.config.gripper_yaw:  # the yaw the fingers will close at: today's turned by the candidate's dyaw
             u = self.gripper_yaw_vector(feats)[:, None, :].expand(b, k, 2)
             parts.append(turn_yaw_vector(u, actions[..., 3] * self.config.yaw_step))
@@ -335,8 +344,7 @@ class QNetwork(nn.Module):
                     for i in range(0, b, step)
                 ]
             )
-        s = states.to(actions.dtype)
-        s = torch.stack([s[:, 0], s[:, 1] * HEIGHT_SCALE], dim=-1)
+        s = _state_features(states, actions.dtype)
         parts = [action_features(actions), s[:, None, :].expand(b, k, STATE_DIM)]
         if self.config.keypoints:
             kp = self.keypoint_coords(feats)

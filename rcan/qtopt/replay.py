@@ -156,9 +156,9 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        tool_pixels_after, tool_yaws, next_images, next_states (for a transition without bootstrap, the next fields repeat the state; its
-        discount is 0); from a buffer that keeps object masks, also object_masks (B, H, W) uint8 0/1 and
-        mask_known (B,)."""
+        tool_pixels_after, tool_yaws, next_images, next_states (for a transition without bootstrap, the
+        next fields repeat the state; its discount is 0); from a buffer that keeps object masks, also
+        object_masks (B, H, W) uint8 0/1 and mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
         if len(idx) == 0:
             raise ValueError("cannot sample from an empty replay buffer")

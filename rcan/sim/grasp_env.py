@@ -178,11 +178,7 @@ class GraspEnv(gym.Env):
             raise ValueError(f"action must be 6 finite numbers, got {action!r}")
         a = np.clip(a, -1.0, 1.0)
         g = self.cell.gripper
-        ix, iy = self.cell.config.tray_inner_half
-        target = self._target + a[:3] * self.max_translation
-        target[0] = np.clip(target[0], -ix + 0.01, ix - 0.01)
-        target[1] = np.clip(target[1], -iy + 0.01, iy - 0.01)
-        target[2] = np.clip(target[2], self.z_min, self.z_max)
+        target = self._move_target(a)
         yaw = float(np.clip(self._yaw + a[3] * self.max_rotation, -math.pi, math.pi))
         for k in range(1, self.substeps + 1):
             g.drive_towards(target, yaw, k / self.substeps)
@@ -276,6 +272,13 @@ class GraspEnv(gym.Env):
 
     def object_positions(self) -> np.ndarray:
         return self.cell.object_positions()
+
+    def closing_distance(self, action: np.ndarray) -> float:
+        """Privileged diagnostic: the x-y distance (m) from where ``action`` takes the gripper's commanded
+        position to the nearest object's centre (whether a policy aims; never an observation)."""
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        point = self._move_target(a)[:2]
+        return float(np.min(np.linalg.norm(self.object_positions()[:, :2] - point, axis=1)))
 
     def sim_state(self) -> np.ndarray:
         """Positions and orientations of every dynamic body plus finger joints (for determinism checks)."""
@@ -375,6 +378,15 @@ class GraspEnv(gym.Env):
         self._simulate(self.substeps // 2)
         self._target = top
         return bool(np.any(self.cell.object_min_z() > self.success_height))
+
+    def _move_target(self, a: np.ndarray) -> np.ndarray:
+        """Where an action in [-1, 1]^6 moves the commanded position: inside the tray, between z limits."""
+        ix, iy = self.cell.config.tray_inner_half
+        target = self._target + a[:3] * self.max_translation
+        target[0] = np.clip(target[0], -ix + 0.01, ix - 0.01)
+        target[1] = np.clip(target[1], -iy + 0.01, iy - 0.01)
+        target[2] = np.clip(target[2], self.z_min, self.z_max)
+        return target
 
     def _render(self, style: FrameStyle, aux: bool = False):
         self.stage.sync(self.cell)

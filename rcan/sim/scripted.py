@@ -37,7 +37,6 @@ class ScriptedGraspPolicy:
             raise ValueError(f"aim_prob must be in [0, 1] and aim_noise >= 0, got {aim_prob}, {aim_noise}")
         self.rng = rng
         self.aim_prob, self.aim_noise = float(aim_prob), float(aim_noise)
-        self.aimed = False
         self.tray_half = tray_half
         self.max_translation, self.max_rotation = max_translation, max_rotation
         self.noise, self.margin, self.hover = noise, margin, hover
@@ -50,8 +49,7 @@ class ScriptedGraspPolicy:
         ix, iy = self.tray_half
         m = self.margin
         self.goal = self.rng.uniform([-ix + m, -iy + m], [ix - m, iy - m])
-        self.aimed = bool(self.aim_prob > 0 and self.rng.random() < self.aim_prob)
-        if self.aimed:
+        if self.aim_prob > 0 and self.rng.random() < self.aim_prob:
             if "objects_xy" not in info:
                 raise KeyError("aimed exploration needs info['objects_xy'] from the env's reset")
             objects = np.asarray(info["objects_xy"], dtype=float).reshape(-1, 2)

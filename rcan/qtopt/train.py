@@ -132,8 +132,8 @@ class TrainArgs:
     target_readout: bool = True
     """Also read the image where each move takes the gripper (``QNetConfig.target_readout``): a local head,
     the same at every place, adds its logit to the global one. Needs ``gripper_keypoint``. With
-    ``scripted_aim_prob=0.5``: 66.7% [57.1, 75.1] after 24 min, the first agent that aims (closes 3.3 cm
-    from an object's centre vs ~6 cm), against 32-48% without (benchmarks/RESULTS.md)."""
+    ``scripted_aim_prob=0.5``: 66.7% [57.1, 75.1] after 24 min, the first agent that aims (its training log: closes 3.1-3.3
+    cm from an object's centre vs 5-7 cm), against 32-48% without (benchmarks/RESULTS.md)."""
     move_aux_weight: float = 1.0
     """Weight of the auxiliary loss that teaches the target read-out where a move takes the gripper
     (squared error in fused-map cells against where the simulator shows the fingertips after the step,

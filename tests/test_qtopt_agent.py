@@ -100,6 +100,7 @@ def test_evaluate_protocol_with_tiny_agent(tmp_path) -> None:
     assert (lo, hi) == pytest.approx(wilson_interval(saved["successes"], 3))
     assert 5 <= len(saved["objects"]) <= 6 and all(len(a) == 2 for a in [saved["wilson95"]])
     assert (tmp_path / "ev" / "frames.png").is_file() and r["success_rate"] == saved["success_rate"]
+    assert (tmp_path / "ev" / "closings.png").is_file() and saved["closings_png"].endswith("closings.png")
     assert saved["cem"] == {"samples": 8, "elites": 2, "iterations": 1}  # the agent's own
     r = run_evaluation(str(tmp_path / "agent"), "canonical", attempts=1, seed=1, out=str(tmp_path / "e2"), cem=CEMConfig(4, 2, 3))
     assert r["cem"] == {"samples": 4, "elites": 2, "iterations": 3}
@@ -122,6 +123,26 @@ def test_evaluation_reuses_the_same_objects() -> None:
     assert first["close_height"] > 0.15 and first["close_distance"] >= 0
     failed = sum(not a["success"] for a in r["per_attempt"])
     assert sum(r["failures"].values()) == failed == 2
+
+
+def test_evaluation_records_the_last_closing() -> None:
+    """An agent that closes high above the tray, reopens and goes down is judged by the grasp it lifts."""
+
+    class CloseHighThenLow:
+        def reset(self, info: dict) -> None:
+            self.t = 0
+
+        def act(self, obs: dict, info: dict) -> np.ndarray:
+            self.t += 1
+            if self.t == 1:
+                return np.array([0, 0, 0, 0, 1, -1], np.float32)  # close at the start pose
+            if self.t <= 5:
+                return np.array([0, 0, -1, 0, -1, -1], np.float32)  # open and go down
+            return np.array([0, 0, 0, 0, 1, 1], np.float32)  # close again and end
+
+    r = evaluate_policy(CloseHighThenLow(), "canonical", attempts=1, seed=4, strip_attempts=0)
+    assert r["per_attempt"][0]["steps"] == 6
+    assert r["per_attempt"][0]["close_height"] < 0.15  # the low closing, not the first one (~0.24 m)
 
 
 def test_failure_breakdown_kinds() -> None:

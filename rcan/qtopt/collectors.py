@@ -48,7 +48,9 @@ class Episode:
     """Version of the weights that acted (-1: none yet)."""
     collector: int = 0
     close_height: float = math.nan
-    """Gripper height (m) when the gripper was first commanded closed (NaN if never): a diagnostic."""
+    """Gripper height (m) at the episode's last closing (an open gripper commanded closed: the grasp that
+    is lifted; NaN if never): a diagnostic. The first closing misleads: an agent may close and reopen high
+    above the tray before it goes down."""
     close_distance: float = math.nan
     """x-y distance (m) from the gripper to the nearest object's centre at that moment (privileged; only
     for diagnosing whether the policy aims; the NOTES' second probe closed at random distances)."""
@@ -328,7 +330,7 @@ class EpisodeRunner:
                     a = a.copy()
                     a[:4] += self.rng.normal(0.0, self.config.noise_std, 4).astype(np.float32)
                     a = np.clip(a, -1.0, 1.0)
-            if a[4] > 0 and math.isnan(close_h):
+            if a[4] > 0 and state[0] < 0.5:  # an open gripper closes; the last such closing is the grasp lifted
                 close_h = float(state[1])
                 close_d = env.closing_distance(a)
             obs, r, done, _, info = env.step(a)

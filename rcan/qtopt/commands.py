@@ -75,8 +75,9 @@ def register(sub: Any) -> None:
         help="evaluate a grasping agent with the paper's protocol (success rate, Wilson 95%% interval)",
         description=(
             "Grasp attempts of at most 20 steps on 5-6 unseen test objects, re-dropped at random after each "
-            "attempt. Prints the success rate with a Wilson 95%% interval; writes OUT/result.json and a frame "
-            "strip OUT/frames.png."
+            "attempt. Prints the success rate with a Wilson 95%% interval; writes OUT/result.json, a frame "
+            "strip OUT/frames.png and OUT/closings.png (every attempt's last closing, failures first, with where "
+            "the fingertips were sent and the objects' centres)."
         ),
     )
     e.add_argument(
@@ -167,7 +168,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     lo, hi = r["wilson95"]
     print(
         f"{r['domain']}: {r['success_rate']:.1%} success ({r['successes']}/{r['attempts']}), "
-        f"Wilson 95% [{lo:.1%}, {hi:.1%}]; wrote {r['result_json']} and {r['frames_png']}"
+        f"Wilson 95% [{lo:.1%}, {hi:.1%}]; wrote {r['result_json']}, {r['frames_png']} "
+        f"and {r['closings_png']}"
     )
     f = r["failures"]
     print(

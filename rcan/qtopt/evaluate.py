@@ -8,7 +8,8 @@ sensible at 0% or 100% and for 102 attempts.
 
 Diagnostics (privileged simulator state, read only after the policy has acted, never shown to it): per
 attempt, the gripper height and the x-y distance from the commanded grasp point to the nearest object's
-centre when the gripper was first closed; summed up as ``failures``: never closed, closed away from
+centre at the attempt's last closing (an open gripper commanded closed: the grasp that is lifted; an agent
+may close and reopen high above the tray first); summed up as ``failures``: never closed, closed away from
 every object (farther than ``NEAR_OBJECT`` m), or closed on or beside one and still lost it.
 """
 
@@ -72,13 +73,16 @@ def evaluate_policy(
     strip_attempts: int = 4,
 ) -> dict[str, Any]:
     """Run the protocol; ``policy`` has ``reset(info)`` and ``act(obs, info)``. Returns the result dict
-    plus ``frames`` (list of per-attempt frame lists) for the first ``strip_attempts`` attempts."""
+    plus ``frames`` (list of per-attempt frame lists) for the first ``strip_attempts`` attempts and
+    ``closings`` (each attempt's last closing: image, commanded point and objects' centres in image
+    coordinates; for :func:`save_closing_sheet`)."""
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     env = make_eval_env(domain, seed, image_size, texture_dir)
     rng = np.random.default_rng([seed, 6])
     per_attempt: list[dict[str, Any]] = []
     frames: list[list[np.ndarray]] = []
+    closings: list[dict[str, Any]] = []
     try:
         for i in tqdm(range(attempts), desc=f"evaluating in {domain}", unit="attempt", leave=False):
             obs, info = env.reset(seed=int(rng.integers(2**31)))
@@ -86,18 +90,26 @@ def evaluate_policy(
             shots = [obs["image"]]
             done, steps, success = False, 0, False
             close: dict[str, float] = {}
+            closing: dict[str, Any] = {}
             while not done:
                 action = np.asarray(policy.act(obs, info), dtype=np.float32)
-                if action[4] > 0 and not close:
+                if action[4] > 0 and not np.asarray(obs["gripper_closed"]).any():  # last closing: the grasp lifted
                     close = {
                         "close_height": float(obs["gripper_height"][0]),
                         "close_distance": round(env.closing_distance(action), 4),
+                    }
+                    closing = {
+                        "image": obs["image"],
+                        "point": env.project(env.commanded_point(action)[None])[0],
+                        "objects": env.project(env.object_positions()),
                     }
                 obs, _, done, _, info = env.step(action)
                 steps += 1
                 shots.append(obs["image"])
                 success = bool(info.get("is_success", False)) if done else False
             per_attempt.append({"success": success, "steps": steps, **close})
+            if closing:
+                closings.append({**closing, "success": success, "attempt": i})
             if i < strip_attempts:
                 frames.append(shots)
         objects = env.episode_objects
@@ -117,6 +129,7 @@ def evaluate_policy(
         "failures": failure_breakdown(per_attempt),
         "per_attempt": per_attempt,
         "frames": frames,
+        "closings": closings,
     }
 
 
@@ -159,6 +172,41 @@ def save_frame_strip(
     return path
 
 
+def save_closing_sheet(path: str | os.PathLike[str], closings: list[dict[str, Any]], cols: int = 12) -> Path:
+    """Every attempt's last closing, failures first: the image the agent closed on (4x), a cross where it
+    commanded the fingertips (red: the attempt failed, green: it held an object) and a blue dot at each
+    object's centre (privileged positions, drawn for diagnosis only). Shows whether failures are near
+    misses, wrong objects or closings on nothing."""
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    scale = 4
+    order = sorted(closings, key=lambda c: (c["success"], c["attempt"]))
+    tiles = []
+    for c in order:
+        img = Image.fromarray(np.asarray(c["image"], np.uint8))
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        draw = ImageDraw.Draw(img)
+        size = np.array([img.width, img.height], np.float64)
+        for xy in c["objects"]:
+            x, y = (np.asarray(xy) + 1) / 2 * size
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(40, 90, 255))
+        x, y = (np.asarray(c["point"]) + 1) / 2 * size
+        colour = (40, 200, 60) if c["success"] else (230, 30, 30)
+        draw.line((x - 6, y, x + 6, y), fill=colour, width=2)
+        draw.line((x, y - 6, x, y + 6), fill=colour, width=2)
+        draw.text((3, 2), str(c["attempt"]), fill=(255, 255, 255))
+        tiles.append(np.asarray(img))
+    if not tiles:
+        tiles = [np.zeros((8, 8, 3), np.uint8)]
+    h, w = tiles[0].shape[:2]
+    tiles += [np.zeros((h, w, 3), np.uint8)] * (-len(tiles) % cols)
+    rows = [np.concatenate(tiles[i : i + cols], axis=1) for i in range(0, len(tiles), cols)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
 def run_evaluation(
     agent: str | None,
     domain: str,
@@ -170,7 +218,8 @@ def run_evaluation(
     threads: int = 1,
     cem: Any = None,
 ) -> dict[str, Any]:
-    """Load an agent (default: the shipped one), run the protocol, write ``result.json`` and ``frames.png``.
+    """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
+    and ``closings.png``.
 
     ``cem``: a ``CEMConfig`` to act with instead of the agent's own (None: its own; recorded in the result).
 
@@ -198,6 +247,7 @@ def run_evaluation(
         policy, domain, attempts, seed, image_size=policy.network.config.image_size, texture_dir=texture_dir
     )
     frames = result.pop("frames")
+    closings = result.pop("closings")
     out_dir = Path(out) if out else Path("eval") / f"{path.parent.name}-{domain}-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result.update({"agent": str(path), "input_mode": policy.input_mode, "texture_dir": texture_dir})
@@ -205,6 +255,7 @@ def run_evaluation(
     result["cem"] = {"samples": c.samples, "elites": c.elites, "iterations": c.iterations}
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])
     result["frames_png"] = str(strip)
+    result["closings_png"] = str(save_closing_sheet(out_dir / "closings.png", closings))
     (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     result["result_json"] = str(out_dir / "result.json")
     return result

@@ -267,18 +267,27 @@ class GraspEnv(gym.Env):
         y downwards (privileged: an auxiliary training label, never an input; also in ``info``)."""
         if self._style is None:
             raise RuntimeError("call reset() before tool_pixel()")
-        tool = self.cell.gripper.tool_position()
-        return self.renderer.project(self._style, tool[None])[0].astype(np.float32)
+        return self.project(self.cell.gripper.tool_position()[None])[0].astype(np.float32)
 
     def object_positions(self) -> np.ndarray:
         return self.cell.object_positions()
 
+    def commanded_point(self, action: np.ndarray) -> np.ndarray:
+        """Privileged diagnostic: the (3,) position (m) that ``action`` commands the fingertips to."""
+        return self._move_target(np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0))
+
     def closing_distance(self, action: np.ndarray) -> float:
         """Privileged diagnostic: the x-y distance (m) from where ``action`` takes the gripper's commanded
         position to the nearest object's centre (whether a policy aims; never an observation)."""
-        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
-        point = self._move_target(a)[:2]
+        point = self.commanded_point(action)[:2]
         return float(np.min(np.linalg.norm(self.object_positions()[:, :2] - point, axis=1)))
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """World points (N, 3) -> where they appear in the current observation, (N, 2) in [-1, 1] (x to the
+        right, y downwards; as ``tool_pixel``). For diagnostics and drawings."""
+        if self._style is None:
+            raise RuntimeError("call reset() before project()")
+        return self.renderer.project(self._style, np.asarray(points, dtype=np.float64).reshape(-1, 3))
 
     def sim_state(self) -> np.ndarray:
         """Positions and orientations of every dynamic body plus finger joints (for determinism checks)."""

@@ -57,6 +57,22 @@ def test_seeded_determinism():
         b.close()
 
 
+def test_finger_pixels_label_where_the_move_put_the_fingers(env) -> None:
+    """``finger_pixels``: the two fingertips in the step's input image once the move is done, open even
+    when the step closes; their midpoint is where the fingertips' centre appears."""
+    obs, info = env.reset(seed=5)
+    tips = env.cell.gripper.fingertip_positions()
+    assert np.linalg.norm(tips[0] - tips[1]) == pytest.approx(0.107, abs=0.005)  # 9.5 cm opening + a finger
+    np.testing.assert_allclose(tips.mean(axis=0), env.cell.gripper.tool_position(), atol=2e-3)
+    obs, _, _, _, info = env.step(np.array([0.5, -0.5, -1.0, 0.3, -1.0, -1.0]))
+    f = info["finger_pixels"].reshape(2, 2)
+    assert info["finger_pixels"].dtype == np.float32
+    np.testing.assert_allclose(f.mean(axis=0), info["tool_pixel"], atol=0.02)  # same pose, same camera
+    assert np.linalg.norm(f[0] - f[1]) > 0.25  # open: ~9.5 cm apart, ~10-12 of the 64 pixels
+    _, _, _, _, info = env.step(np.array([0.0, 0.0, -1.0, 0.0, 1.0, -1.0]))  # move down, then close
+    assert np.linalg.norm(info["finger_pixels"][:2] - info["finger_pixels"][2:]) > 0.25  # labelled open
+
+
 @pytest.mark.parametrize("domain", ["heavy", "real"])
 def test_rendering_never_changes_the_simulation(domain):
     plain, watched = GraspEnv(domain="canonical"), GraspEnv(domain=domain)

@@ -40,13 +40,22 @@ def test_network_shapes(channels: int, keypoints: int, gripper: bool, readout: b
 
 
 @pytest.mark.parametrize(
-    ("keypoints", "gripper", "readout", "yaw"),
-    [(0, False, False, False), (8, False, False, False), (0, True, False, False), (0, True, True, False), (0, True, True, True)],
+    ("keypoints", "gripper", "readout", "yaw", "fingers"),
+    [
+        (0, False, False, False, False),
+        (8, False, False, False, False),
+        (0, True, False, False, False),
+        (0, True, True, False, False),
+        (0, True, True, True, False),
+        (0, True, True, True, True),
+    ],
 )
-def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: bool, yaw: bool) -> None:
+def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: bool, yaw: bool, fingers: bool) -> None:
     torch.manual_seed(1)
     net = QNetwork(
-        QNetConfig(keypoints=keypoints, gripper_keypoint=gripper, target_readout=readout, gripper_yaw=yaw)
+        QNetConfig(
+            keypoints=keypoints, gripper_keypoint=gripper, target_readout=readout, gripper_yaw=yaw, finger_readout=fingers
+        )
     )
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     states = torch.rand(3, 2)
@@ -64,6 +73,37 @@ def test_wrong_channels_rejected() -> None:
         QNetConfig(target_readout=True, gripper_keypoint=False)
     with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
         QNetConfig(gripper_keypoint=True, gripper_yaw=True)
+    with pytest.raises(ValueError, match="finger_readout needs gripper_yaw"):
+        QNetConfig(gripper_keypoint=True, target_readout=True, finger_readout=True)
+
+
+def test_finger_loss_ignores_finger_order_and_missing_labels() -> None:
+    """The fingers are interchangeable: a label that is the prediction with its fingers swapped costs
+    nothing; unlabelled rows count for nothing; a few steps on one batch reduce the loss."""
+    from rcan.qtopt.train import finger_aux_loss
+
+    torch.manual_seed(0)
+    net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True, gripper_yaw=True, finger_readout=True))
+    images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    states, actions, shifts = torch.rand(6, 2), torch.rand(6, 6) * 2 - 1, torch.zeros(6, 2)
+    with torch.no_grad():
+        pred = net.finger_pixels(net.features(images), states, actions[:, None])[:, 0]  # (6, 2, 2)
+    swapped = pred.flip(1).reshape(6, 4)
+    with torch.no_grad():
+        assert float(finger_aux_loss(net, net.features(images), states, actions, swapped, shifts, 64)) < 1e-10
+    nan = torch.full((6, 4), float("nan"))
+    assert float(finger_aux_loss(net, net.features(images), states, actions, nan, shifts, 64)) == 0.0
+    label = torch.rand(6, 4) * 2 - 1
+    label[0] = float("nan")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss = finger_aux_loss(net, net.features(images), states, actions, label, shifts, 64)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
 
 
 def test_turn_yaw_vector_adds_the_angle() -> None:
@@ -378,6 +418,12 @@ def test_replay_keeps_where_the_gripper_is_next() -> None:
     buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards, tool_yaws=np.array([0.1, 0.2, 0.3])))
     known = buf.tool_yaws[np.isfinite(buf.tool_yaws)]
     np.testing.assert_allclose(known, [0.1, 0.2, 0.3], rtol=1e-6)
+    assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
+    ep = _episode(rng, 2, 5)
+    fingers = np.arange(8, dtype=np.float32).reshape(2, 4)
+    buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards, finger_pixels=fingers))
+    known = buf.finger_pixels[np.isfinite(buf.finger_pixels).all(axis=1)]
+    np.testing.assert_array_equal(known, fingers)  # the step's own label: the last step has one too
     assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
 
 

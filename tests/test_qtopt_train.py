@@ -171,6 +171,7 @@ def test_joint_finetuning_can_continue_the_training_run(tmp_path) -> None:
     # The labels of the gripper keypoint come from simulated episodes only.
     assert np.isnan(t.replays["real"].tool_pixels[: len(t.replays["real"])]).all()
     assert np.isnan(t.replays["real"].tool_yaws[: len(t.replays["real"])]).all()
+    assert np.isnan(t.replays["real"].finger_pixels[: len(t.replays["real"])]).all()
     assert not np.isnan(t.replays["scripted"].tool_pixels[: len(t.replays["scripted"])]).any()
     with pytest.raises(ValueError, match="finetune_continue"):
         make_args("tiny", out=str(tmp_path / "x"), finetune_continue=True)
@@ -241,6 +242,7 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
         collectors=0,
         target_readout=True,
         gripper_yaw=True,
+        finger_readout=True,
         scripted_aim_prob=1.0,
         seed=4,
     )
@@ -255,9 +257,14 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
     assert progress and all(np.isfinite(row["move_aux"]) and row["move_aux"] > 0 for row in progress)
     assert all(np.isfinite(row["yaw_aux"]) and row["yaw_aux"] > 0 for row in progress)
     assert np.isfinite(scripted.tool_yaws[:n]).all() and (np.abs(scripted.tool_yaws[:n]) <= np.pi).all()
+    assert np.isfinite(scripted.finger_pixels[:n]).all()  # every step, the last one too
+    assert all(np.isfinite(row["finger_aux"]) and row["finger_aux"] > 0 for row in progress)
     agent = load_agent(tmp_path / "run")
     assert agent.network.config.target_readout and agent.network.config.gripper_yaw
+    assert agent.network.config.finger_readout
     with pytest.raises(ValueError, match="scripted_aim_prob"):
         Trainer(make_args("tiny", out=str(tmp_path / "bad"), collectors=0, scripted_aim_prob=2.0))
     with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
         make_args("tiny", target_readout=False, gripper_yaw=True)
+    with pytest.raises(ValueError, match="finger_readout needs gripper_yaw"):
+        make_args("tiny", finger_readout=True)

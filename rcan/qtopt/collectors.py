@@ -61,6 +61,10 @@ class Episode:
     tool_yaws: np.ndarray | None = None
     """(T,) float32: the gripper's yaw (rad) before each action (privileged: the label of the auxiliary
     gripper-yaw loss, never an input; None from envs that do not report it)."""
+    finger_pixels: np.ndarray | None = None
+    """(T, 4) float32: where each action's move put the two fingertips in that step's image, before any
+    closing (privileged: the label of the finger read-out's auxiliary loss; NaN where the env did not
+    report it)."""
     object_masks: np.ndarray | None = None
     """(T, H, W // 8) uint8: each state image's object pixels, bit-packed along rows (``np.packbits``;
     privileged: the label of the auxiliary object-map loss; None unless the collector labels objects)."""
@@ -310,7 +314,7 @@ class EpisodeRunner:
         t0 = time.perf_counter()
         obs, info = env.reset(seed=int(self.rng.integers(2**31)))
         self.scripted.reset(info)
-        raw, imgs, states, actions, rewards, pixels, yaws, masks = [], [], [], [], [], [], [], []
+        raw, imgs, states, actions, rewards, pixels, yaws, masks, fingers = [], [], [], [], [], [], [], [], []
         close_h = close_d = math.nan
         done, success = False, False
         while not done:
@@ -334,6 +338,7 @@ class EpisodeRunner:
                 close_h = float(state[1])
                 close_d = env.closing_distance(a)
             obs, r, done, _, info = env.step(a)
+            fingers.append(info.get("finger_pixels", np.full(4, np.nan, np.float32)))
             states.append(state)
             actions.append(np.asarray(a, np.float32))
             rewards.append(r)
@@ -357,6 +362,7 @@ class EpisodeRunner:
             seconds=time.perf_counter() - t0,
             tool_pixels=np.asarray(pixels, np.float32),
             tool_yaws=np.asarray(yaws, np.float32),
+            finger_pixels=np.asarray(fingers, np.float32).reshape(-1, 4),
             object_masks=np.stack(masks) if masks and len(masks) == len(rewards) else None,
         )
 

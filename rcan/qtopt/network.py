@@ -87,7 +87,18 @@ class QNetConfig:
     yaw_step: float = math.radians(15.0)
     """Radians of yaw per unit of the action's dyaw (the env's ``max_rotation``)."""
 
+    finger_readout: bool = False
+    """Also read the image where each move puts the two fingertips: the move MLP (which then also gets the
+    gripper's closed flag and the yaw the fingers will have) predicts, beside the gripper's image position
+    p, the half-span d of the fingers in the image (taught by ``TrainArgs.finger_aux_weight`` against where
+    the simulator shows the fingertips once the move is done); the maps are sampled at p + d and p - d too,
+    and the local head gets their sum and absolute difference (the fingers are interchangeable). Whether a
+    finger lands on the object, on the divider or beside it decides most near misses. Needs
+    ``gripper_yaw``."""
+
     def __post_init__(self) -> None:
+        if self.finger_readout and not self.gripper_yaw:
+            raise ValueError("finger_readout needs gripper_yaw")
         if self.gripper_yaw and not self.target_readout:
             raise ValueError("gripper_yaw needs target_readout")
         if self.target_readout and (not self.gripper_keypoint or len(self.channels) < 2):
@@ -203,10 +214,14 @@ class QNetwork(nn.Module):
         self._fine_scale = 1
         if config.target_readout:
             self._fine_scale = int(config.strides[-1])
-            self.move_net = nn.Sequential(
-                nn.Linear(3 + 1 + 2, config.embed_hidden), nn.ReLU(inplace=True), nn.Linear(config.embed_hidden, 2)
+            fingers = config.finger_readout
+            self.move_net = nn.Sequential(  # (dx, dy, dz, height, g[, closed, closing yaw]) -> dp[, d]
+                nn.Linear(3 + 1 + 2 + (3 if fingers else 0), config.embed_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(config.embed_hidden, 4 if fingers else 2),
             )
-            local_in = config.channels[-2] + fused + ACTION_DIM + 2 + STATE_DIM + (2 if config.gripper_yaw else 0)
+            sampled = (config.channels[-2] + fused) * (3 if fingers else 1)
+            local_in = sampled + ACTION_DIM + 2 + STATE_DIM + (2 if config.gripper_yaw else 0)
             if config.gripper_yaw:
                 self.yaw_head = nn.Linear(config.channels[-2] + fused, 2)
             self.local_head = nn.Sequential(
@@ -277,13 +292,39 @@ class QNetwork(nn.Module):
     def move_pixels(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Where each candidate move takes the gripper in the image: feats (B, F, h, w), states (B, 2),
         actions (B, K, 6) -> (B, K, 2), x and y in [-1, 1] (``target_readout`` networks only)."""
+        return self._move(feats, states, actions)[0]
+
+    def finger_pixels(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Where each candidate move puts the two fingertips in the image (before any closing): (B, K, 2, 2),
+        the fingers in either order (``finger_readout`` networks only)."""
+        if not self.config.finger_readout:
+            raise ValueError("this network has no finger read-out")
+        p, d = self._move(feats, states, actions)
+        return torch.stack([p + d, p - d], dim=2)
+
+    def _closing_yaws(self, feats: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2): the yaw vector the fingers will have after each candidate's rotation."""
+        b, k = actions.shape[:2]
+        u = self.gripper_yaw_vector(feats)[:, None, :].expand(b, k, 2)
+        return turn_yaw_vector(u, actions[..., 3] * self.config.yaw_step)
+
+    def _move(
+        self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, yaws: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The gripper's image position p after each move (B, K, 2) and, with ``finger_readout``, the
+        fingertips' half-span d (B, K, 2) (else None); ``yaws``: ``_closing_yaws`` if already computed."""
         if not self.config.target_readout:
             raise ValueError("this network has no target read-out")
         b, k = actions.shape[:2]
         g = self.gripper_coords(feats)
-        height = _state_features(states, actions.dtype)[:, 1:2]
-        z = torch.cat([actions[..., :3], height[:, None].expand(b, k, 1), g[:, None].expand(b, k, 2)], dim=-1)
-        return g[:, None] + self.move_net(z)
+        s = _state_features(states, actions.dtype)
+        parts = [actions[..., :3], s[:, None, 1:2].expand(b, k, 1), g[:, None].expand(b, k, 2)]
+        if self.config.finger_readout:
+            yaws = self._closing_yaws(feats, actions) if yaws is None else yaws
+            parts += [s[:, None, 0:1].expand(b, k, 1), yaws]
+        out = self.move_net(torch.cat(parts, dim=-1))
+        p = g[:, None] + out[..., :2]
+        return p, (out[..., 2:] if self.config.finger_readout else None)
 
     def gripper_yaw_vector(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) -> (B, 2): the gripper's (cos 2 psi, sin 2 psi) read where the gripper is located
@@ -297,13 +338,20 @@ class QNetwork(nn.Module):
     def _local_logits(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The target read-out's logits (B, K): features sampled where each move takes the gripper."""
         b, k = actions.shape[:2]
-        grid = self.move_pixels(feats, states, actions)[:, :, None, :]  # (B, K, 1, 2)
-        sampled = self._sample_maps(feats, grid)[..., 0].transpose(1, 2)  # (B, K, C)
+        # the yaw the fingers will close at: today's turned by the candidate's dyaw
+        yaws = self._closing_yaws(feats, actions) if self.config.gripper_yaw else None
+        p, d = self._move(feats, states, actions, yaws)
+        grid = p[:, :, None, :] if d is None else torch.stack([p, p + d, p - d], dim=2)  # (B, K, 1 or 3, 2)
+        sampled = self._sample_maps(feats, grid).permute(0, 2, 3, 1)  # (B, K, 1 or 3, C)
+        if d is None:
+            sampled = sampled[:, :, 0]
+        else:  # the centre, and the two fingertips in a form that does not depend on their order
+            f1, f2 = sampled[:, :, 1], sampled[:, :, 2]
+            sampled = torch.cat([sampled[:, :, 0], f1 + f2, (f1 - f2).abs()], dim=-1)
         s = _state_features(states, actions.dtype)[:, None].expand(b, k, STATE_DIM)
         parts = [sampled, action_features(actions), s]
-        if self.config.gripper_yaw:  # the yaw the fingers will close at: today's turned by the candidate's dyaw
-            u = self.gripper_yaw_vector(feats)[:, None, :].expand(b, k, 2)
-            parts.append(turn_yaw_vector(u, actions[..., 3] * self.config.yaw_step))
+        if yaws is not None:
+            parts.append(yaws)
         z = torch.cat(parts, dim=-1)
         return self.local_head(z)[..., 0]
 

@@ -36,7 +36,8 @@ class EpisodeSteps:
     images (T, C, H, W) uint8, the state before each action; states (T, 2); actions (T, 6); rewards (T,),
     the last step terminal (GraspEnv's always is); tool_pixels (T, 2), where the fingertips appear in each
     image, or None when unknown (``real`` episodes); tool_yaws (T,), the gripper's yaw (rad) before each
-    action, or None when unknown; object_masks (T, H, ceil(W / 8)) uint8, each image's
+    action, or None when unknown; finger_pixels (T, 4), where each action's move put the two fingertips in
+    that step's image before any closing, or None when unknown; object_masks (T, H, ceil(W / 8)) uint8, each image's
 object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None when unknown."""
 
     images: np.ndarray
@@ -46,6 +47,7 @@ object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None wh
     tool_pixels: np.ndarray | None = None
     object_masks: np.ndarray | None = None
     tool_yaws: np.ndarray | None = None
+    finger_pixels: np.ndarray | None = None
 
 
 def nstep_returns(rewards: np.ndarray, gamma: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,6 +103,7 @@ class ReplayBuffer:
         self.tool_pixels = np.full((capacity, 2), np.nan, np.float32)
         self.tool_pixels_after = np.full((capacity, 2), np.nan, np.float32)
         self.tool_yaws = np.full(capacity, np.nan, np.float32)
+        self.finger_pixels = np.full((capacity, 4), np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
         # Object masks (bit-packed, 1/24 of an RGB image) only in buffers that keep them.
@@ -143,6 +146,8 @@ class ReplayBuffer:
             self.tool_pixels[s] = pixels
             self.tool_pixels_after[self.pos : self.pos + t_len - 1] = pixels[1:]  # the last step lifts: unknown
         self.tool_yaws[s] = np.nan if ep.tool_yaws is None else np.asarray(ep.tool_yaws, np.float32).reshape(t_len)
+        fingers = ep.finger_pixels
+        self.finger_pixels[s] = np.nan if fingers is None else np.asarray(fingers, np.float32).reshape(t_len, 4)
         if self.object_masks is not None and self.mask_known is not None:
             known = ep.object_masks is not None
             self.mask_known[s] = known
@@ -156,7 +161,7 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        tool_pixels_after, tool_yaws, next_images, next_states (for a transition without bootstrap, the
+        tool_pixels_after, tool_yaws, finger_pixels, next_images, next_states (for a transition without bootstrap, the
         next fields repeat the state; its discount is 0); from a buffer that keeps object masks, also
         object_masks (B, H, W) uint8 0/1 and mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
@@ -174,6 +179,7 @@ class ReplayBuffer:
             "tool_pixels": self.tool_pixels[i],
             "tool_pixels_after": self.tool_pixels_after[i],
             "tool_yaws": self.tool_yaws[i],
+            "finger_pixels": self.finger_pixels[i],
             "next_images": self.images[j],
             "next_states": self.states[j],
         }
@@ -202,6 +208,7 @@ class ReplayBuffer:
             f"{prefix}tool_pixels": self.tool_pixels[:n],
             f"{prefix}tool_pixels_after": self.tool_pixels_after[:n],
             f"{prefix}tool_yaws": self.tool_yaws[:n],
+            f"{prefix}finger_pixels": self.finger_pixels[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
         } | masks
@@ -224,7 +231,8 @@ class ReplayBuffer:
                 buf.mc_returns[:n] = arrays[f"{prefix}mc_returns"]
             else:  # written before version 0.3: no Monte-Carlo returns; 0 is no floor (targets are >= 0)
                 buf.mc_returns[:n] = 0.0
-            for name in ("tool_pixels", "tool_pixels_after", "tool_yaws"):  # (older files: unknown, NaN, no auxiliary loss)
+            labels = ("tool_pixels", "tool_pixels_after", "tool_yaws", "finger_pixels")
+            for name in labels:  # (older files: unknown, NaN, no auxiliary loss)
                 if f"{prefix}{name}" in arrays:
                     getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]
         except (KeyError, ValueError) as err:

@@ -145,6 +145,13 @@ class TrainArgs:
     yaw_aux_weight: float = 1.0
     """Weight of the auxiliary loss that teaches the yaw read-out (squared error of the (cos 2 psi,
     sin 2 psi) vector; rows without a label are skipped). Only with ``gripper_yaw``."""
+    finger_readout: bool = False
+    """Also read the image where each move puts the two fingertips (``QNetConfig.finger_readout``; labels
+    from the simulator, training only). Needs ``gripper_yaw``."""
+    finger_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the finger read-out where the fingertips land (squared
+    error in fused-map cells of the predicted half-span, the fingers in either order; rows without a label
+    are skipped). Only with ``finger_readout``."""
     object_aux_weight: float = 0.0
     """Weight of an auxiliary loss that teaches the fused map which cells show an object (cross-entropy
     against the fraction of each cell's pixels that the simulator's segmentation marks as object, moved
@@ -351,6 +358,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
     if not 0.0 <= args.scripted_aim_prob <= 1.0:
         raise ValueError(f"scripted_aim_prob must be in [0, 1], got {args.scripted_aim_prob}")
+    if args.finger_readout and not args.gripper_yaw:
+        raise ValueError("finger_readout needs gripper_yaw (the fingers' direction comes from the read yaw)")
     if args.gripper_yaw and not args.target_readout:
         raise ValueError("gripper_yaw needs target_readout (the read-out's local head uses the yaw)")
     if args.target_readout and not args.gripper_keypoint:
@@ -387,6 +396,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "target_readout": False,
     "scripted_aim_prob": 0.0,
     "gripper_yaw": False,
+    "finger_readout": False,
 }
 """Values of fields added after runs were saved without them: what those runs did (the defaults changed)."""
 
@@ -425,6 +435,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         object_map=args.object_aux_weight > 0,
         target_readout=args.target_readout,
         gripper_yaw=args.gripper_yaw,
+        finger_readout=args.finger_readout,
     )
 
 
@@ -548,6 +559,31 @@ def move_aux_loss(
     cells = feats.shape[-1] / 2.0
     pred = net.move_pixels(feats[known], states[known], actions[known][:, None])[:, 0]
     return (((pred - label[known]) * cells) ** 2).sum(dim=1).mean()
+
+
+def finger_aux_loss(
+    net: QNetwork,
+    feats: torch.Tensor,
+    states: torch.Tensor,
+    actions: torch.Tensor,
+    finger_pixels: torch.Tensor,
+    shifts: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
+    """Squared distance, in fused-map cells, between where the finger read-out expects the action to put
+    the two fingertips and where the simulator shows them once the move is done (before any closing), in
+    the shifted image's coordinates; the fingers in the order that fits better (they are interchangeable);
+    rows without a label count for nothing."""
+    label = finger_pixels.view(-1, 2, 2) + shifts[:, None] * (2.0 / width)
+    known = torch.isfinite(label).flatten(1).all(dim=1)
+    if not known.any():
+        return torch.zeros(())
+    cells = feats.shape[-1] / 2.0
+    pred = net.finger_pixels(feats[known], states[known], actions[known][:, None])[:, 0]  # (N, 2, 2)
+    lab = label[known]
+    same = ((pred - lab) ** 2).sum(dim=(1, 2))
+    swapped = ((pred - lab.flip(1)) ** 2).sum(dim=(1, 2))
+    return (torch.minimum(same, swapped) * cells**2).mean()
 
 
 def yaw_aux_loss(net: QNetwork, feats: torch.Tensor, yaws: torch.Tensor) -> torch.Tensor:
@@ -713,6 +749,7 @@ class Trainer:
             tool_pixels=ep.tool_pixels if sim else None,
             object_masks=ep.object_masks if sim else None,
             tool_yaws=ep.tool_yaws if sim else None,
+            finger_pixels=ep.finger_pixels if sim else None,
         )
         self.replay.add_episode(ep.kind, steps)
         self.env_steps += ep.length
@@ -776,6 +813,12 @@ class Trainer:
         if self.net.config.gripper_yaw and a.yaw_aux_weight > 0:
             yaw = yaw_aux_loss(self.net, feats, batch["tool_yaws"])
             loss = loss + a.yaw_aux_weight * yaw
+        finger = torch.zeros(())
+        if self.net.config.finger_readout and a.finger_aux_weight > 0:
+            finger = finger_aux_loss(
+                self.net, feats, batch["states"], batch["actions"], batch["finger_pixels"], shifts, images.shape[-1]
+            )
+            loss = loss + a.finger_aux_weight * finger
         obj = torch.zeros(())
         if masks is not None:
             obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
@@ -801,6 +844,7 @@ class Trainer:
             "gripper_aux": float(aux.detach()),
             "move_aux": float(move.detach()),
             "yaw_aux": float(yaw.detach()),
+            "finger_aux": float(finger.detach()),
             "object_aux": float(obj.detach()),
         }
 

@@ -14,7 +14,9 @@ Action: Box(-1, 1, (6,)) = (dx, dy, dz, dyaw, gripper, terminate); displacements
 terminate > 0 ends the episode. Reward: -0.05 per step, +1 on success at the last step.
 ``terminated`` is True at the end whichever way it came (the lift and its outcome are the episode's
 terminal event; time is not observed). ``info["is_success"]`` on the last step; ``info["tool_pixel"]``:
-where the fingertips appear in the returned image (privileged, for auxiliary losses); ``reset``'s info
+where the fingertips appear in the returned image (privileged, for auxiliary losses); ``step``'s info also has
+``finger_pixels`` (4,): where the two fingertips were, in the step's *input* image, once the move was done
+and before any closing or lift (x1, y1, x2, y2; privileged, the label of the finger read-out); ``reset``'s info
 also has ``objects_xy`` (N, 2), where the settled objects are (privileged, for scripted exploration); with
 ``label_objects=True``, ``info["object_mask"]``: bool HxW, the returned image's pixels that show an object
 (from the same render's segmentation; privileged, for auxiliary losses).
@@ -184,6 +186,8 @@ class GraspEnv(gym.Env):
             g.drive_towards(target, yaw, k / self.substeps)
             self.client.stepSimulation()
         self._target, self._yaw = target, yaw
+        # Where the moved fingertips are in this step's input image, before any closing (a training label)
+        fingers = self.project(g.fingertip_positions()).reshape(-1).astype(np.float32)
         close = bool(a[4] > 0)
         if close != g.closed:
             g.set_closed(close)
@@ -199,6 +203,7 @@ class GraspEnv(gym.Env):
         if self.restyle_every_step:
             self._style = self._sample_style(self.domain, self._look_rng)
         info["tool_pixel"] = self.tool_pixel()
+        info["finger_pixels"] = fingers
         return self._observation(info), reward, done, False, info
 
     def render(self) -> np.ndarray | None:

@@ -98,6 +98,11 @@ class Gripper:
         pos, _ = self.palm_pose()
         return pos - np.array([0.0, 0.0, self.geometry.tip_below_palm])
 
+    def fingertip_positions(self) -> np.ndarray:
+        """(2, 3): the lowest centre point of each finger, in world coordinates (where each fingertip lands)."""
+        down = np.array([0.0, 0.0, self.geometry.finger_half[2]])
+        return np.array([self.client.getLinkState(self.body, j)[0] for j in (0, 1)]) - down
+
     def finger_positions(self) -> tuple[float, float]:
         return tuple(self.client.getJointState(self.body, j)[0] for j in (0, 1))  # type: ignore[return-value]
 

@@ -141,13 +141,15 @@ class TrainArgs:
     ``target_readout``."""
     gripper_yaw: bool = False
     """Read the gripper's yaw from the image and give the read-out the yaw each candidate closes at
-    (``QNetConfig.gripper_yaw``; labels from the simulator, training only). Needs ``target_readout``."""
+    (``QNetConfig.gripper_yaw``; labels from the simulator, training only). Needs ``target_readout``.
+    After 24 min (seed 0): 57.8% against 66.7% without; ~20% fewer gradient steps (benchmarks/RESULTS.md)."""
     yaw_aux_weight: float = 1.0
     """Weight of the auxiliary loss that teaches the yaw read-out (squared error of the (cos 2 psi,
     sin 2 psi) vector; rows without a label are skipped). Only with ``gripper_yaw``."""
     finger_readout: bool = False
     """Also read the image where each move puts the two fingertips (``QNetConfig.finger_readout``; labels
-    from the simulator, training only). Needs ``gripper_yaw``."""
+    from the simulator, training only). Needs ``gripper_yaw``. After 24 min (seed 0): 44.1%, slower to
+    learn (9 against 13 gradient steps/s); its plateau is not measured (benchmarks/RESULTS.md)."""
     finger_aux_weight: float = 1.0
     """Weight of the auxiliary loss that teaches the finger read-out where the fingertips land (squared
     error in fused-map cells of the predicted half-span, the fingers in either order; rows without a label
@@ -216,7 +218,7 @@ class TrainArgs:
     noise_std: float = 0.3
     """Exploration noise on dx, dy, dz, dyaw in on-policy episodes."""
     aug_pad: int = 4
-    """DrQ random shift in pixels (0: off)."""
+    """DrQ random shift in pixels (0: off). 2 pixels: 56.9% after 24 min against 66.7% (seed 0)."""
     push_every: int = 200
     """Gradient steps between weight pushes to the collectors."""
     log_every: int = 200

@@ -270,8 +270,6 @@ class GraspEnv(gym.Env):
     def tool_pixel(self) -> np.ndarray:
         """Where the fingertips' centre appears in the current observation: (x, y) in [-1, 1], x to the right,
         y downwards (privileged: an auxiliary training label, never an input; also in ``info``)."""
-        if self._style is None:
-            raise RuntimeError("call reset() before tool_pixel()")
         return self.project(self.cell.gripper.tool_position()[None])[0].astype(np.float32)
 
     def object_positions(self) -> np.ndarray:
@@ -291,7 +289,7 @@ class GraspEnv(gym.Env):
         """World points (N, 3) -> where they appear in the current observation, (N, 2) in [-1, 1] (x to the
         right, y downwards; as ``tool_pixel``). For diagnostics and drawings."""
         if self._style is None:
-            raise RuntimeError("call reset() before project()")
+            raise RuntimeError("call reset() before tool_pixel() or project()")
         return self.renderer.project(self._style, np.asarray(points, dtype=np.float64).reshape(-1, 3))
 
     def sim_state(self) -> np.ndarray:

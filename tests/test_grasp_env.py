@@ -263,6 +263,53 @@ def test_aimed_scripted_exploration_closes_on_objects(env):
         ScriptedGraspPolicy(np.random.default_rng(0), aim_prob=1.5)
 
 
+def test_scripted_retry_reopens_only_an_empty_grasp_with_steps_to_spare():
+    """After the lift, the scripted policy reopens (gripper <= 0, no terminate) and moves on to a new goal
+    only when nothing is held, ``retry_prob`` says so and ``retry_steps`` steps remain; else it terminates."""
+    obs = {"gripper_height": np.array([0.06], np.float32), "gripper_closed": 1}
+
+    def after_lift(retry_prob: float, holding: bool, step: int) -> np.ndarray:
+        pol = ScriptedGraspPolicy(np.random.default_rng(0), retry_prob=retry_prob, max_steps=20, retry_steps=6)
+        info = {"tool": np.array([0.0, 0.0, 0.06]), "yaw": 0.0, "step": step, "holding": holding}
+        pol.reset(info)
+        pol.phase = "check"
+        return pol.act(obs, info)
+
+    again = after_lift(1.0, holding=False, step=8)
+    assert again[4] <= 0 and again[5] <= 0 and again[2] > 0  # open, keep going, back up to the hover height
+    for retry_prob, holding, step in ((1.0, True, 8), (0.0, False, 8), (1.0, False, 15)):
+        a = after_lift(retry_prob, holding, step)
+        assert a[4] > 0 and a[5] > 0, (retry_prob, holding, step)
+    with pytest.raises(ValueError, match="retry_prob"):
+        ScriptedGraspPolicy(np.random.default_rng(0), retry_prob=-0.1)
+
+
+def test_holding_and_scripted_retries_in_the_env(env):
+    """``info["holding"]`` (privileged) is False with the gripper open and True after the scripted lift of
+    every grasp that the final lift then keeps; a retrying scripted policy grasps again after empty lifts."""
+    half = env.cell.config.tray_inner_half
+    pol = ScriptedGraspPolicy(np.random.default_rng(3), tray_half=half, retry_prob=1.0)
+    grasps, held_at_end = [], []
+    for ep in range(8):
+        obs, info = env.reset(seed=300 + ep)
+        assert info["holding"] is False and info["objects_xy"].shape == (len(env.cell.object_bodies), 2)
+        pol.reset(info)
+        done, n, checked = False, 0, None
+        while not done:
+            lift = pol.phase == "lift"
+            a = pol.act(obs, info)
+            n += bool(a[4] > 0 and not obs["gripper_closed"])
+            obs, _, done, _, info = env.step(a)
+            assert done or info["holding"] == env.holding()  # (a last step's info is from before the lift)
+            if lift:
+                checked = info["holding"]
+        grasps.append(n)
+        if info["is_success"]:
+            held_at_end.append(checked)
+    assert max(grasps) >= 2, grasps
+    assert all(held_at_end), held_at_end
+
+
 def test_async_vector_env():
     envs = gym.make_vec("rcan/Grasp-v0", num_envs=2, vectorization_mode="async")
     try:

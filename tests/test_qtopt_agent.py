@@ -143,6 +143,25 @@ def test_evaluation_records_the_last_closing() -> None:
     r = evaluate_policy(CloseHighThenLow(), "canonical", attempts=1, seed=4, strip_attempts=0)
     assert r["per_attempt"][0]["steps"] == 6
     assert r["per_attempt"][0]["close_height"] < 0.15  # the low closing, not the first one (~0.24 m)
+    assert r["per_attempt"][0]["grasps"] == 2  # it reopened and grasped again
+    assert r["retries"]["attempts_with_retries"] == 1 and r["retries"]["mean_grasps"] == 2.0
+
+
+def test_retry_summary_and_grasp_count() -> None:
+    from rcan.qtopt.collectors import count_grasps
+    from rcan.qtopt.evaluate import retry_summary
+
+    attempts = [
+        {"success": True, "grasps": 1},
+        {"success": True, "grasps": 3},
+        {"success": False, "grasps": 2},
+        {"success": False, "grasps": 0},
+    ]
+    assert retry_summary(attempts) == {"mean_grasps": 1.5, "attempts_with_retries": 2, "successes_after_a_retry": 1}
+    # closed flags before each action, and the gripper action: a close while closed is no new grasp
+    closed = np.array([0, 1, 1, 0, 1], np.float32)
+    gripper = np.array([1.0, 1.0, -1.0, 0.5, 1.0], np.float32)
+    assert count_grasps(closed, gripper) == 2
 
 
 def test_failure_breakdown_kinds() -> None:

@@ -29,6 +29,12 @@ import torch
 EPISODE_KINDS = ("scripted", "policy", "eval", "real")
 
 
+def count_grasps(closed: np.ndarray, gripper_actions: np.ndarray) -> int:
+    """Closings of an open gripper: the per-step closed flags (T,) before each action and the actions'
+    gripper dimension (T,) (> 0 closes)."""
+    return int(np.sum((np.asarray(gripper_actions) > 0) & (np.asarray(closed) < 0.5)))
+
+
 @dataclass
 class Episode:
     """One finished episode, as the trainer stores it."""
@@ -73,6 +79,12 @@ class Episode:
     def length(self) -> int:
         return len(self.rewards)
 
+    @property
+    def grasps(self) -> int:
+        """How many times an open gripper was commanded closed (more than one: the agent reopened and
+        tried again, QT-Opt's regrasping)."""
+        return count_grasps(self.states[:, 0], self.actions[:, 4])
+
 
 @dataclass(frozen=True)
 class CollectorConfig:
@@ -92,6 +104,8 @@ class CollectorConfig:
     """Fraction of episodes run by the scripted policy once weights have arrived."""
     scripted_aim_prob: float = 0.0
     """Share of scripted episodes aimed at a random object (privileged; ``rcan.sim.scripted``)."""
+    scripted_retry_prob: float = 0.0
+    """Chance that a scripted grasp which holds nothing after its lift reopens and tries again."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the test objects (not for training)."""
     noise_std: float = 0.3
@@ -267,7 +281,11 @@ class EpisodeRunner:
             net, CEMConfig(**config.cem), config.input_mode, generator, seed=int(self.rng.integers(2**31))
         )
         self.scripted = ScriptedGraspPolicy(
-            self.rng, tray_half=self.env.cell.config.tray_inner_half, aim_prob=config.scripted_aim_prob
+            self.rng,
+            tray_half=self.env.cell.config.tray_inner_half,
+            aim_prob=config.scripted_aim_prob,
+            retry_prob=config.scripted_retry_prob,
+            max_steps=self.env.max_steps,
         )
         self.version = -1
 

@@ -176,6 +176,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"failures: {f['closed_at_an_object']} closed at an object (within 3 cm of its centre) but lost it, "
         f"{f['closed_away_from_objects']} closed away from every object, {f['never_closed']} never closed"
     )
+    t = r["retries"]
+    print(
+        f"grasps per attempt: {t['mean_grasps']:.2f}; {t['attempts_with_retries']} attempts reopened and "
+        f"grasped again, {t['successes_after_a_retry']} of them succeeded"
+    )
     return 0
 
 

@@ -91,9 +91,11 @@ def evaluate_policy(
             done, steps, success = False, 0, False
             close: dict[str, float] = {}
             closing: dict[str, Any] = {}
+            grasps = 0
             while not done:
                 action = np.asarray(policy.act(obs, info), dtype=np.float32)
                 if action[4] > 0 and not np.asarray(obs["gripper_closed"]).any():  # last closing: the grasp lifted
+                    grasps += 1
                     close = {
                         "close_height": float(obs["gripper_height"][0]),
                         "close_distance": round(env.closing_distance(action), 4),
@@ -107,7 +109,7 @@ def evaluate_policy(
                 steps += 1
                 shots.append(obs["image"])
                 success = bool(info.get("is_success", False)) if done else False
-            per_attempt.append({"success": success, "steps": steps, **close})
+            per_attempt.append({"success": success, "steps": steps, "grasps": grasps, **close})
             if closing:
                 closings.append({**closing, "success": success, "attempt": i})
             if i < strip_attempts:
@@ -127,6 +129,7 @@ def evaluate_policy(
         "seed": seed,
         "mean_steps": float(np.mean([a["steps"] for a in per_attempt])),
         "failures": failure_breakdown(per_attempt),
+        "retries": retry_summary(per_attempt),
         "per_attempt": per_attempt,
         "frames": frames,
         "closings": closings,
@@ -147,6 +150,18 @@ def failure_breakdown(per_attempt: list[dict[str, Any]]) -> dict[str, int]:
         else:
             out["closed_at_an_object"] += 1
     return out
+
+
+def retry_summary(per_attempt: list[dict[str, Any]]) -> dict[str, float]:
+    """How often the agent regrasped: the mean number of grasps (closings of an open gripper) per attempt,
+    the attempts with more than one, and how many of those succeeded."""
+    grasps = [int(a.get("grasps", 0)) for a in per_attempt]
+    again = [a for a, g in zip(per_attempt, grasps, strict=True) if g > 1]
+    return {
+        "mean_grasps": round(float(np.mean(grasps)) if grasps else 0.0, 3),
+        "attempts_with_retries": len(again),
+        "successes_after_a_retry": sum(bool(a["success"]) for a in again),
+    }
 
 
 def save_frame_strip(

@@ -213,6 +213,11 @@ class TrainArgs:
     (privileged object positions, 1 cm noise, random yaw) instead of a random point (see
     ``rcan.sim.scripted``). The agent never sees positions; this only changes which grasps fill the replay.
     Alone it did not help (35.3% after 24 min, inside the seed spread); with ``target_readout``: 66.7%."""
+    scripted_retry_prob: float = 0.0
+    """Beyond the paper, simulation only: after a scripted grasp's lift, if the fingers touch no object
+    (privileged), reopen and go for another goal with this probability while 6 or more steps remain (see
+    ``rcan.sim.scripted``). Without it the replay never shows an empty grasp followed by a reopening, so
+    the agent cannot learn QT-Opt's retries: every agent so far closes once and terminates."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
     noise_std: float = 0.3
@@ -358,8 +363,9 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError(f"collectors must be >= 1 (or 0: in the trainer's process, local), got {args.collectors}")
     if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
-    if not 0.0 <= args.scripted_aim_prob <= 1.0:
-        raise ValueError(f"scripted_aim_prob must be in [0, 1], got {args.scripted_aim_prob}")
+    for name in ("scripted_aim_prob", "scripted_retry_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
     if args.finger_readout and not args.gripper_yaw:
         raise ValueError("finger_readout needs gripper_yaw (the fingers' direction comes from the read yaw)")
     if args.gripper_yaw and not args.target_readout:
@@ -463,6 +469,7 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         cem=dataclasses.asdict(acting_cem(a)),
         scripted_prob=0.0 if a.finetune_from else a.scripted_prob,
         scripted_aim_prob=a.scripted_aim_prob,
+        scripted_retry_prob=a.scripted_retry_prob,
         eval_prob=a.eval_prob,
         noise_std=a.noise_std,
         real_prob=a.real_fraction if a.finetune_from else 0.0,
@@ -659,7 +666,7 @@ class Trainer:
         self.counts = dict.fromkeys(("scripted", "policy", "eval", "real"), 0)
         self.recent: dict[str, collections.deque] = {
             k: collections.deque(maxlen=WINDOW)
-            for k in ("scripted", "policy", "eval", "real", "close_height", "close_distance")
+            for k in ("scripted", "policy", "eval", "real", "close_height", "close_distance", "grasps")
         }
         self.replay_file: str | None = None
         self._episode_rows: list[str] = []
@@ -731,12 +738,15 @@ class Trainer:
             "weights": ep.weights_version,
             "close_height": None if math.isnan(ep.close_height) else round(ep.close_height, 4),
             "close_distance": None if math.isnan(ep.close_distance) else round(ep.close_distance, 4),
+            "grasps": ep.grasps,
         }
         self._episode_rows.append(json.dumps(row))
         self.recent[ep.kind].append(float(ep.success))
-        if ep.kind != "scripted" and not math.isnan(ep.close_height):
-            self.recent["close_height"].append(ep.close_height)
-            self.recent["close_distance"].append(ep.close_distance)
+        if ep.kind != "scripted":
+            self.recent["grasps"].append(ep.grasps)
+            if not math.isnan(ep.close_height):
+                self.recent["close_height"].append(ep.close_height)
+                self.recent["close_distance"].append(ep.close_distance)
         if ep.kind == "eval":
             return  # test objects: measured, never trained on
         rewards = ep.rewards + np.float32(self.args.reward_offset)
@@ -1048,7 +1058,7 @@ class Trainer:
                 row[f"success_{kind}"] = _mean(self.recent[kind])
                 writer.add_scalar(f"success/{kind}_recent", row[f"success_{kind}"], step)
         row["eval_episodes"] = self.counts.get("eval", 0)
-        for k in ("close_height", "close_distance"):
+        for k in ("close_height", "close_distance", "grasps"):
             if self.recent[k]:
                 row[k] = _mean(self.recent[k])
                 writer.add_scalar(f"diagnostics/{k}", row[k], step)

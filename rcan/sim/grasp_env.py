@@ -16,8 +16,9 @@ terminate > 0 ends the episode. Reward: -0.05 per step, +1 on success at the las
 terminal event; time is not observed). ``info["is_success"]`` on the last step; ``info["tool_pixel"]``:
 where the fingertips appear in the returned image (privileged, for auxiliary losses); ``step``'s info also has
 ``finger_pixels`` (4,): where the two fingertips were, in the step's *input* image, once the move was done
-and before any closing or lift (x1, y1, x2, y2; privileged, the label of the finger read-out); ``reset``'s info
-also has ``objects_xy`` (N, 2), where the settled objects are (privileged, for scripted exploration); with
+and before any closing or lift (x1, y1, x2, y2; privileged, the label of the finger read-out); every info
+also has ``objects_xy`` (N, 2), where the objects are (privileged, for scripted exploration), and
+``holding``, whether the closed fingers pinch an object (privileged, see ``holding()``); with
 ``label_objects=True``, ``info["object_mask"]``: bool HxW, the returned image's pixels that show an object
 (from the same render's segmentation; privileged, for auxiliary losses).
 
@@ -169,7 +170,6 @@ class GraspEnv(gym.Env):
         self._style = self._sample_style(self.domain, self._look_rng)
         info = self._info()
         info["tool_pixel"] = self.tool_pixel()
-        info["objects_xy"] = self.object_positions()[:, :2].astype(np.float32)
         return self._observation(info), info
 
     def step(self, action: np.ndarray):
@@ -406,7 +406,28 @@ class GraspEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         """Privileged state for scripted policies and logging; never an input to a learned agent."""
-        return {"tool": self._target.astype(np.float32), "yaw": float(self._yaw), "step": self._step}
+        return {
+            "tool": self._target.astype(np.float32),
+            "yaw": float(self._yaw),
+            "step": self._step,
+            "objects_xy": self.object_positions()[:, :2].astype(np.float32),
+            "holding": self.holding(),
+        }
+
+    def holding(self) -> bool:
+        """Privileged: the gripper is closed and a finger touches an object: a cheap proxy for "an object
+        is held", for scripted exploration that retries an empty grasp. Measured on 200 aimed scripted
+        grasps, after the closing and a 4 cm lift: no later success was missed, and 23 of 59 failures were
+        also flagged (objects touched but lost during the lift). Requiring both fingers' contact missed 17 of
+        141 successes."""
+        g = self.cell.gripper
+        if not g.closed:
+            return False
+        return any(
+            self.client.getContactPoints(bodyA=g.body, bodyB=body, linkIndexA=link)
+            for body in self.cell.object_bodies
+            for link in (0, 1)
+        )
 
     def _observation(self, info: dict[str, Any]) -> dict[str, Any]:
         """The observation; with ``label_objects``, also ``info["object_mask"]`` from the same render."""

@@ -9,6 +9,12 @@ centre (``info["objects_xy"]`` from ``reset``, privileged) plus Gaussian noise o
 instead of a random point; the yaw stays random. Random points over a tray with five objects mostly
 land on the floor, so the learner sees few grasps that closed on an object; aimed episodes give it the
 contrast of closing on an object versus beside it, at the same closing heights and yaws.
+
+``retry_prob`` (beyond the paper, simulation only): after the lift that follows a closing, if the fingers
+hold nothing (``info["holding"]``, privileged), the policy reopens and goes for a new goal with this
+probability, while at least ``retry_steps`` steps remain. A learned agent can only learn to regrasp (QT-Opt's
+emergent retries) from data where an empty grasp was followed by reopening; the paper's scripted policy
+never reopens and the learned policy's exploration noise never flips the gripper.
 """
 
 from __future__ import annotations
@@ -32,11 +38,18 @@ class ScriptedGraspPolicy:
         hover: float = 0.10,
         aim_prob: float = 0.0,
         aim_noise: float = 0.01,
+        retry_prob: float = 0.0,
+        max_steps: int = 20,
+        retry_steps: int = 6,
     ) -> None:
         if not 0.0 <= aim_prob <= 1.0 or aim_noise < 0:
             raise ValueError(f"aim_prob must be in [0, 1] and aim_noise >= 0, got {aim_prob}, {aim_noise}")
+        if not 0.0 <= retry_prob <= 1.0:
+            raise ValueError(f"retry_prob must be in [0, 1], got {retry_prob}")
         self.rng = rng
         self.aim_prob, self.aim_noise = float(aim_prob), float(aim_noise)
+        self.retry_prob, self.max_steps, self.retry_steps = float(retry_prob), int(max_steps), int(retry_steps)
+        self.aimed = False
         self.tray_half = tray_half
         self.max_translation, self.max_rotation = max_translation, max_rotation
         self.noise, self.margin, self.hover = noise, margin, hover
@@ -46,18 +59,33 @@ class ScriptedGraspPolicy:
         self._last_height = math.inf
 
     def reset(self, info: dict) -> None:
+        self._new_goal(info, first=True)
+
+    def _new_goal(self, info: dict, first: bool = False) -> None:
+        """A goal for the next grasp: a random point, or a random object's centre in an aimed episode
+        (decided at the episode's first goal; the draws keep the order of the paper's policy)."""
         ix, iy = self.tray_half
         m = self.margin
         self.goal = self.rng.uniform([-ix + m, -iy + m], [ix - m, iy - m])
-        if self.aim_prob > 0 and self.rng.random() < self.aim_prob:
+        if first:
+            self.aimed = self.aim_prob > 0 and self.rng.random() < self.aim_prob
+        if self.aimed:
             if "objects_xy" not in info:
-                raise KeyError("aimed exploration needs info['objects_xy'] from the env's reset")
+                raise KeyError("aimed exploration needs info['objects_xy'] from the env")
             objects = np.asarray(info["objects_xy"], dtype=float).reshape(-1, 2)
             target = objects[self.rng.integers(len(objects))] + self.rng.normal(0.0, self.aim_noise, 2)
             self.goal = np.clip(target, [-ix + 0.01, -iy + 0.01], [ix - 0.01, iy - 0.01])
         self.goal_yaw = float(self.rng.uniform(-math.pi / 2, math.pi / 2))
         self.phase = "move"
         self._last_height = math.inf
+
+    def _retry(self, info: dict) -> bool:
+        """Reopen after an empty lift? Only with ``retry_prob``, nothing held, and steps to spare."""
+        if self.retry_prob <= 0 or info.get("holding", True):
+            return False
+        return self.max_steps - int(info.get("step", self.max_steps)) >= self.retry_steps and bool(
+            self.rng.random() < self.retry_prob
+        )
 
     def act(self, obs: dict, info: dict) -> np.ndarray:
         tool = np.asarray(info["tool"], dtype=float)
@@ -86,7 +114,10 @@ class ScriptedGraspPolicy:
             self.phase = "lift"
         elif self.phase == "lift":
             a[2], a[4] = 1.0, 1.0
-            self.phase = "terminate"
+            self.phase = "check"
+        elif self.phase == "check" and self._retry(info):
+            self._new_goal(info)  # reopen and go for another grasp: the first move step, with the gripper open
+            return self.act(obs, info)
         else:
             a[4], a[5] = 1.0, 1.0
         a[:4] += self.rng.normal(0.0, self.noise, 4).astype(np.float32)

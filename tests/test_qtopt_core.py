@@ -48,13 +48,21 @@ def test_network_shapes(channels: int, keypoints: int, gripper: bool, readout: b
         (0, True, True, False, False),
         (0, True, True, True, False),
         (0, True, True, True, True),
+        (0, True, 2, False, False),
+        (0, True, 3, True, True),
     ],
 )
-def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: bool, yaw: bool, fingers: bool) -> None:
+def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: int, yaw: bool, fingers: bool) -> None:
+    """``readout``: False, or True/an int (the read-out's ``readout_levels``)."""
     torch.manual_seed(1)
     net = QNetwork(
         QNetConfig(
-            keypoints=keypoints, gripper_keypoint=gripper, target_readout=readout, gripper_yaw=yaw, finger_readout=fingers
+            keypoints=keypoints,
+            gripper_keypoint=gripper,
+            target_readout=bool(readout),
+            readout_levels=max(1, int(readout)),
+            gripper_yaw=yaw,
+            finger_readout=fingers,
         )
     )
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
@@ -73,6 +81,8 @@ def test_wrong_channels_rejected() -> None:
         QNetConfig(target_readout=True, gripper_keypoint=False)
     with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
         QNetConfig(gripper_keypoint=True, gripper_yaw=True)
+    with pytest.raises(ValueError, match="readout_levels"):
+        QNetConfig(gripper_keypoint=True, target_readout=True, readout_levels=4)
     with pytest.raises(ValueError, match="finger_readout needs gripper_yaw"):
         QNetConfig(gripper_keypoint=True, target_readout=True, finger_readout=True)
 
@@ -157,25 +167,29 @@ def test_gripper_yaw_learns_a_bar_angle() -> None:
     assert float(yaw_aux_loss(net, net.features(images), torch.full((64,), float("nan")))) == 0.0
 
 
-def test_target_readout_only_reads_where_the_move_lands() -> None:
+@pytest.mark.parametrize("levels", [1, 2])
+def test_target_readout_only_reads_where_the_move_lands(levels: int) -> None:
     """The local head sees the feature maps only around the position the move reaches: changing the
-    stride-4 map far from it leaves the logits alone, changing it there does not."""
+    finest sampled map (stride 4, or stride 2 with ``readout_levels=2``) far from it leaves the logits
+    alone, changing it there does not."""
     torch.manual_seed(2)
-    net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True))
+    net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True, readout_levels=levels))
     with torch.no_grad():
         feats = net.features(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8))
+        maps = net._fine(feats)
+        assert [m.shape[-1] for m in maps] == [32, 16][2 - levels :]
         states, action = torch.tensor([[0.0, 0.1]]), torch.rand(1, 1, 6) * 2 - 1
         x, y = net.move_pixels(feats, states, action)[0, 0].tolist()
-        fine_side = net._fine(feats).shape[-1]
+        fine_side = maps[0].shape[-1]
         col = min(max(int((x + 1) / 2 * fine_side), 0), fine_side - 1)
         row = min(max(int((y + 1) / 2 * fine_side), 0), fine_side - 1)
         base = net._local_logits(feats, states, action)
 
         def edited(r: int, c: int) -> torch.Tensor:
-            fine = net._fine(feats).clone()
-            fine[:, :, r, c] += 5.0
-            packed = torch.nn.functional.pixel_unshuffle(fine, 2)
-            return net._local_logits(torch.cat([net._main(feats), packed], 1), states, action)
+            fine = [m.clone() for m in maps]
+            fine[0][:, :, r, c] += 5.0
+            packed = [torch.nn.functional.pixel_unshuffle(m, m.shape[-1] // 8) for m in fine]  # fused map: 8x8
+            return net._local_logits(torch.cat([net._main(feats), *packed], 1), states, action)
 
         far = ((row + fine_side // 2) % fine_side, (col + fine_side // 2) % fine_side)
         torch.testing.assert_close(edited(*far), base)

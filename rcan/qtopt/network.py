@@ -77,6 +77,12 @@ class QNetConfig:
     every place, so "closing on an object here" learned at one place counts everywhere (translation
     equivariance the global FC read-out lacks). Needs ``gripper_keypoint`` and two or more tower convs."""
 
+    readout_levels: int = 1
+    """How many of the tower's finer maps the target read-out samples besides the fused map: 1 = the
+    stride-4 map (the input of the last strided conv), 2 = also the stride-2 map before it (finer detail
+    where the fingers close, receptive field 5 pixels), up to the number of tower convs (the last level is
+    the image itself with its coordinate channels)."""
+
     gripper_yaw: bool = False
     """Read the gripper's yaw from the image: a linear map of both maps sampled at the located gripper
     gives (cos 2 psi, sin 2 psi) (the two-finger gripper looks the same turned by 180 degrees), taught by
@@ -103,6 +109,8 @@ class QNetConfig:
             raise ValueError("gripper_yaw needs target_readout")
         if self.target_readout and (not self.gripper_keypoint or len(self.channels) < 2):
             raise ValueError("target_readout needs gripper_keypoint and at least two tower convs")
+        if not 1 <= self.readout_levels <= len(self.channels):
+            raise ValueError(f"readout_levels must be in 1..{len(self.channels)}, got {self.readout_levels}")
         if self.in_channels not in (3, 6):
             raise ValueError(f"in_channels must be 3 or 6, got {self.in_channels}")
         if len(self.channels) != len(self.strides) or not self.channels:
@@ -211,19 +219,29 @@ class QNetwork(nn.Module):
             self.object_conv = nn.Conv2d(fused, 1, 1)
         hc = config.head_channels
         self.head_convs = nn.Sequential(nn.Conv2d(fused, hc, 1), nn.ReLU(inplace=True))
-        self._fine_scale = 1
+        # The read-out's finer maps: the inputs of the last ``readout_levels`` tower convs, finest first,
+        # each with its channels and its scale relative to the fused map.
+        self._fine_convs: list[int] = []
+        self._fine_channels: list[int] = []
+        self._fine_scales: list[int] = []
         if config.target_readout:
-            self._fine_scale = int(config.strides[-1])
+            n = len(config.channels)
+            cin0 = config.in_channels + (2 if config.coord_channels else 0)
+            for j in range(n - config.readout_levels, n):
+                self._fine_convs.append(j)
+                self._fine_channels.append(config.channels[j - 1] if j > 0 else cin0)
+                self._fine_scales.append(math.prod(int(v) for v in config.strides[j:]))
+            fine_total = sum(self._fine_channels)
             fingers = config.finger_readout
             self.move_net = nn.Sequential(  # (dx, dy, dz, height, g[, closed, closing yaw]) -> dp[, d]
                 nn.Linear(3 + 1 + 2 + (3 if fingers else 0), config.embed_hidden),
                 nn.ReLU(inplace=True),
                 nn.Linear(config.embed_hidden, 4 if fingers else 2),
             )
-            sampled = (config.channels[-2] + fused) * (3 if fingers else 1)
+            sampled = (fine_total + fused) * (3 if fingers else 1)
             local_in = sampled + ACTION_DIM + 2 + STATE_DIM + (2 if config.gripper_yaw else 0)
             if config.gripper_yaw:
-                self.yaw_head = nn.Linear(config.channels[-2] + fused, 2)
+                self.yaw_head = nn.Linear(fine_total + fused, 2)
             self.local_head = nn.Sequential(
                 nn.Linear(local_in, config.fc_hidden),
                 nn.ReLU(inplace=True),
@@ -246,12 +264,12 @@ class QNetwork(nn.Module):
             x = torch.cat(
                 [x, _coords(x.shape[2], x.shape[3], x.device, x.dtype).expand(x.shape[0], -1, -1, -1)], 1
             )
-        fine = None
-        if self.config.target_readout:  # keep the stride-4 map (the input of the last strided conv)
-            last_conv = 2 * (len(self.config.channels) - 1)
+        fine: list[torch.Tensor] = []
+        if self.config.target_readout:  # keep the finer maps (the inputs of the read-out's tower convs)
+            keep = {2 * j for j in self._fine_convs}  # each conv is followed by its ReLU in the Sequential
             for i, layer in enumerate(self.tower):
-                if i == last_conv:
-                    fine = x
+                if i in keep:
+                    fine.append(x)
                 x = layer(x)
             f = x
         else:
@@ -264,27 +282,33 @@ class QNetwork(nn.Module):
             centres = _cell_centres(f.shape[2], f.shape[3], f.device, f.dtype)
             g = _soft_argmax(self.gripper_conv(f), centres)[:, 0]  # (B, 2), in tool_pixel's coordinates
             f = torch.cat([f, centres - g[:, :, None, None]], 1)
-        if fine is not None:  # packed beside the fused map (space-to-depth), so a state stays one tensor
-            if fine.shape[-1] != f.shape[-1] * self._fine_scale or fine.shape[-2] != f.shape[-2] * self._fine_scale:
-                raise ValueError(f"image size {images.shape[-1]} does not divide into the tower's strides")
-            f = torch.cat([f, F.pixel_unshuffle(fine, self._fine_scale)], 1)
+        if fine:  # packed beside the fused map (space-to-depth), so a state stays one tensor
+            for m, scale in zip(fine, self._fine_scales, strict=True):
+                if m.shape[-1] != f.shape[-1] * scale or m.shape[-2] != f.shape[-2] * scale:
+                    raise ValueError(f"image size {images.shape[-1]} does not divide into the tower's strides")
+            f = torch.cat([f, *(F.pixel_unshuffle(m, s) for m, s in zip(fine, self._fine_scales, strict=True))], 1)
         return f
 
     def _main(self, feats: torch.Tensor) -> torch.Tensor:
         """The fused map (coordinate and gripper-offset channels last) of a ``features`` tensor."""
         return feats[:, : self.config.fuse_channels] if self.config.target_readout else feats
 
-    def _fine(self, feats: torch.Tensor) -> torch.Tensor:
-        """The stride-4 map packed by ``features`` (``target_readout`` networks only)."""
-        return F.pixel_shuffle(feats[:, self.config.fuse_channels :], self._fine_scale)
+    def _fine(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        """The read-out's finer maps packed by ``features`` (``target_readout`` networks only)."""
+        maps, start = [], self.config.fuse_channels
+        for c, scale in zip(self._fine_channels, self._fine_scales, strict=True):
+            width = c * scale * scale
+            maps.append(F.pixel_shuffle(feats[:, start : start + width], scale))
+            start += width
+        return maps
 
     def _sample_maps(self, feats: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """The stride-4 and fused maps, both sampled (bilinear) at ``grid`` (B, H', W', 2) image positions
-        in [-1, 1] -> (B, C_fine + F, H', W')."""
+        """The finer maps and the fused map, all sampled (bilinear) at ``grid`` (B, H', W', 2) image
+        positions in [-1, 1] -> (B, C_fine + F, H', W')."""
         return torch.cat(
             [
                 F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)
-                for m in (self._fine(feats), self._main(feats))
+                for m in (*self._fine(feats), self._main(feats))
             ],
             dim=1,
         )

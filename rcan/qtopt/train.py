@@ -134,6 +134,9 @@ class TrainArgs:
     the same at every place, adds its logit to the global one. Needs ``gripper_keypoint``. With
     ``scripted_aim_prob=0.5``: 66.7% [57.1, 75.1] after 24 min, the first agent that aims (its training log: closes 3.1-3.3
     cm from an object's centre vs 5-7 cm), against 32-48% without (benchmarks/RESULTS.md)."""
+    readout_levels: int = 1
+    """How many finer tower maps the target read-out samples (``QNetConfig.readout_levels``): 1 = the
+    stride-4 map, 2 = also the stride-2 map (finer detail where the fingers close)."""
     move_aux_weight: float = 1.0
     """Weight of the auxiliary loss that teaches the target read-out where a move takes the gripper
     (squared error in fused-map cells against where the simulator shows the fingertips after the step,
@@ -442,6 +445,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         gripper_keypoint=args.gripper_keypoint,
         object_map=args.object_aux_weight > 0,
         target_readout=args.target_readout,
+        readout_levels=args.readout_levels,
         gripper_yaw=args.gripper_yaw,
         finger_readout=args.finger_readout,
     )

@@ -29,10 +29,16 @@ import torch
 EPISODE_KINDS = ("scripted", "policy", "eval", "real")
 
 
+def starts_a_grasp(closed: Any, gripper_action: Any) -> Any:
+    """Whether an action closes an open gripper (the env closes on gripper > 0): ``closed`` the flag
+    before the action (0/1), elementwise over arrays. The last such closing is the grasp that is lifted."""
+    return (np.asarray(gripper_action) > 0) & (np.asarray(closed) < 0.5)
+
+
 def count_grasps(closed: np.ndarray, gripper_actions: np.ndarray) -> int:
     """Closings of an open gripper: the per-step closed flags (T,) before each action and the actions'
-    gripper dimension (T,) (> 0 closes)."""
-    return int(np.sum((np.asarray(gripper_actions) > 0) & (np.asarray(closed) < 0.5)))
+    gripper dimension (T,)."""
+    return int(np.sum(starts_a_grasp(closed, gripper_actions)))
 
 
 @dataclass
@@ -352,7 +358,7 @@ class EpisodeRunner:
                     a = a.copy()
                     a[:4] += self.rng.normal(0.0, self.config.noise_std, 4).astype(np.float32)
                     a = np.clip(a, -1.0, 1.0)
-            if a[4] > 0 and state[0] < 0.5:  # an open gripper closes; the last such closing is the grasp lifted
+            if starts_a_grasp(state[0], a[4]):  # the last such closing is the grasp lifted
                 close_h = float(state[1])
                 close_d = env.closing_distance(a)
             obs, r, done, _, info = env.step(a)

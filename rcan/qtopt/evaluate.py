@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from rcan.qtopt.collectors import starts_a_grasp
+
 NEAR_OBJECT = 0.03
 """Closing within this x-y distance (m) of an object's centre counts as "closed at an object" (objects are
 ~6x8 cm, so the fingers then straddle or touch it)."""
@@ -94,7 +96,7 @@ def evaluate_policy(
             grasps = 0
             while not done:
                 action = np.asarray(policy.act(obs, info), dtype=np.float32)
-                if action[4] > 0 and not np.asarray(obs["gripper_closed"]).any():  # last closing: the grasp lifted
+                if starts_a_grasp(np.asarray(obs["gripper_closed"]).any(), action[4]):  # the last: the grasp lifted
                     grasps += 1
                     close = {
                         "close_height": float(obs["gripper_height"][0]),

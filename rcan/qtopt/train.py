@@ -136,7 +136,8 @@ class TrainArgs:
     cm from an object's centre vs 5-7 cm), against 32-48% without (benchmarks/RESULTS.md)."""
     readout_levels: int = 1
     """How many finer tower maps the target read-out samples (``QNetConfig.readout_levels``): 1 = the
-    stride-4 map, 2 = also the stride-2 map (finer detail where the fingers close)."""
+    stride-4 map, 2 = also the stride-2 map (finer detail where the fingers close). Measured with 2: 59.8%
+    after 24 min (seed 0), ~25% fewer gradient steps, no closer aim; not adopted."""
     move_aux_weight: float = 1.0
     """Weight of the auxiliary loss that teaches the target read-out where a move takes the gripper
     (squared error in fused-map cells against where the simulator shows the fingertips after the step,
@@ -220,7 +221,8 @@ class TrainArgs:
     """Beyond the paper, simulation only: after a scripted grasp's lift, if the fingers touch no object
     (privileged), reopen and go for another goal with this probability while 6 or more steps remain (see
     ``rcan.sim.scripted``). Without it the replay never shows an empty grasp followed by a reopening, so
-    the agent cannot learn QT-Opt's retries: every agent so far closes once and terminates."""
+    the agent cannot learn QT-Opt's retries: every agent so far closes once and terminates. Measured with 1:
+    61.8% after 24 min (seed 0), and the agent reopened in only 5 of 102 attempts; not adopted."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
     noise_std: float = 0.3

@@ -11,7 +11,7 @@ import rcan  # noqa: F401  (registers rcan/Grasp-v0)
 from rcan.sim.domains import DOMAINS
 from rcan.sim.grasp_env import GraspEnv
 from rcan.sim.scene import DIVIDER, OBJECT, ROBOT, TRAY
-from rcan.sim.scripted import ScriptedGraspPolicy, oracle_grasp
+from rcan.sim.scripted import ScriptedGraspPolicy, oracle_grasp, wall_parallel_yaw
 
 
 def _actions(n: int, seed: int = 0) -> np.ndarray:
@@ -282,6 +282,25 @@ def test_scripted_retry_reopens_only_an_empty_grasp_with_steps_to_spare():
         assert a[4] > 0 and a[5] > 0, (retry_prob, holding, step)
     with pytest.raises(ValueError, match="retry_prob"):
         ScriptedGraspPolicy(np.random.default_rng(0), retry_prob=-0.1)
+
+
+def test_wall_yaw_aims_close_parallel_to_the_nearest_obstacle(env):
+    """With ``wall_yaw_prob=1`` an aimed goal gets the oracle's yaw (from ``info["divider_x"]``); the goals
+    themselves are drawn exactly as without it."""
+    half = env.cell.config.tray_inner_half
+    obs, info = env.reset(seed=5)
+    assert info["divider_x"] == env.cell.divider_x
+    plain = ScriptedGraspPolicy(np.random.default_rng(2), tray_half=half, aim_prob=1.0)
+    walls = ScriptedGraspPolicy(np.random.default_rng(2), tray_half=half, aim_prob=1.0, wall_yaw_prob=1.0)
+    plain.reset(info)
+    walls.reset(info)
+    assert np.array_equal(plain.goal, walls.goal)
+    assert walls.goal_yaw == wall_parallel_yaw(walls.goal, half, env.cell.divider_x)
+    # next to a wall that runs along y (x near the tray's end), the fingers close along y: yaw 0
+    assert wall_parallel_yaw(np.array([half[0] - 0.02, 0.0]), half, 0.0) == 0.0
+    assert wall_parallel_yaw(np.array([0.1, half[1] - 0.02]), half, -0.1) == pytest.approx(np.pi / 2)
+    with pytest.raises(KeyError, match="divider_x"):
+        walls.reset({"objects_xy": info["objects_xy"]})
 
 
 def test_holding_and_scripted_retries_in_the_env(env):

@@ -110,6 +110,8 @@ class CollectorConfig:
     """Fraction of episodes run by the scripted policy once weights have arrived."""
     scripted_aim_prob: float = 0.0
     """Share of scripted episodes aimed at a random object (privileged; ``rcan.sim.scripted``)."""
+    scripted_wall_yaw_prob: float = 0.0
+    """Share of aimed scripted grasps with the oracle's wall-parallel yaw instead of a random one."""
     scripted_retry_prob: float = 0.0
     """Chance that a scripted grasp which holds nothing after its lift reopens and tries again."""
     eval_prob: float = 0.1
@@ -291,6 +293,7 @@ class EpisodeRunner:
             tray_half=self.env.cell.config.tray_inner_half,
             aim_prob=config.scripted_aim_prob,
             retry_prob=config.scripted_retry_prob,
+            wall_yaw_prob=config.scripted_wall_yaw_prob,
             max_steps=self.env.max_steps,
         )
         self.version = -1

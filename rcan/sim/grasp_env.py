@@ -18,7 +18,8 @@ where the fingertips appear in the returned image (privileged, for auxiliary los
 ``finger_pixels`` (4,): where the two fingertips were, in the step's *input* image, once the move was done
 and before any closing or lift (x1, y1, x2, y2; privileged, the label of the finger read-out); every info
 also has ``objects_xy`` (N, 2), where the objects are (privileged, for scripted exploration), and
-``holding``, whether the closed fingers pinch an object (privileged, see ``holding()``); with
+``holding``, whether the closed fingers touch an object (privileged, see ``holding()``), and ``divider_x``,
+where the divider stands (privileged); with
 ``label_objects=True``, ``info["object_mask"]``: bool HxW, the returned image's pixels that show an object
 (from the same render's segmentation; privileged, for auxiliary losses).
 
@@ -411,6 +412,7 @@ class GraspEnv(gym.Env):
             "yaw": float(self._yaw),
             "step": self._step,
             "objects_xy": self.object_positions()[:, :2].astype(np.float32),
+            "divider_x": float(self.cell.divider_x),
             "holding": self.holding(),
         }
 

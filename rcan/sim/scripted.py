@@ -10,6 +10,10 @@ instead of a random point; the yaw stays random. Random points over a tray with 
 land on the floor, so the learner sees few grasps that closed on an object; aimed episodes give it the
 contrast of closing on an object versus beside it, at the same closing heights and yaws.
 
+``wall_yaw_prob`` (beyond the paper, simulation only): the share of aimed goals whose yaw closes the
+fingers parallel to the nearest wall or divider (``info["divider_x"]``, privileged; the oracle's yaw)
+instead of a random yaw, so the replay holds grasps of one object at good and bad yaws.
+
 ``retry_prob`` (beyond the paper, simulation only): after the lift that follows a closing, if the fingers
 hold nothing (``info["holding"]``, privileged), the policy reopens and goes for a new goal with this
 probability, while at least ``retry_steps`` steps remain. A learned agent can only learn to regrasp (QT-Opt's
@@ -41,11 +45,14 @@ class ScriptedGraspPolicy:
         retry_prob: float = 0.0,
         max_steps: int = 20,
         retry_steps: int = 6,
+        wall_yaw_prob: float = 0.0,
     ) -> None:
         if not 0.0 <= aim_prob <= 1.0 or aim_noise < 0:
             raise ValueError(f"aim_prob must be in [0, 1] and aim_noise >= 0, got {aim_prob}, {aim_noise}")
-        if not 0.0 <= retry_prob <= 1.0:
-            raise ValueError(f"retry_prob must be in [0, 1], got {retry_prob}")
+        for name, value in (("retry_prob", retry_prob), ("wall_yaw_prob", wall_yaw_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        self.wall_yaw_prob = float(wall_yaw_prob)
         self.rng = rng
         self.aim_prob, self.aim_noise = float(aim_prob), float(aim_noise)
         self.retry_prob, self.max_steps, self.retry_steps = float(retry_prob), int(max_steps), int(retry_steps)
@@ -76,6 +83,10 @@ class ScriptedGraspPolicy:
             target = objects[self.rng.integers(len(objects))] + self.rng.normal(0.0, self.aim_noise, 2)
             self.goal = np.clip(target, [-ix + 0.01, -iy + 0.01], [ix - 0.01, iy - 0.01])
         self.goal_yaw = float(self.rng.uniform(-math.pi / 2, math.pi / 2))
+        if self.aimed and self.wall_yaw_prob > 0 and self.rng.random() < self.wall_yaw_prob:
+            if "divider_x" not in info:
+                raise KeyError("wall-parallel yaws need info['divider_x'] from the env")
+            self.goal_yaw = wall_parallel_yaw(self.goal, self.tray_half, float(info["divider_x"]))
         self.phase = "move"
         self._last_height = math.inf
 
@@ -124,14 +135,19 @@ class ScriptedGraspPolicy:
         return np.clip(a, -1.0, 1.0)
 
 
+def wall_parallel_yaw(xy: np.ndarray, tray_half: tuple[float, float], divider_x: float) -> float:
+    """The yaw whose fingers close parallel to the wall or divider nearest to ``xy``, so that neither
+    finger lands on it (the oracle's choice)."""
+    ix, iy = tray_half
+    to_x_obstacle = min(ix - abs(xy[0]), abs(xy[0] - divider_x))
+    to_y_wall = iy - abs(xy[1])
+    # yaw 0 closes along world y (fingers side by side in y), which suits walls/divider that run along y.
+    return 0.0 if to_x_obstacle < to_y_wall else math.pi / 2
+
+
 def oracle_grasp(cell, body: int) -> tuple[np.ndarray, float]:
     """A privileged aim at object ``body``: its bounding-box centre, with the fingers closing parallel
     to the nearest wall or the divider, so they do not land on it. For physics checks and baselines."""
     lo, hi = (np.asarray(v) for v in cell.client.getAABB(body))
     xy = (lo[:2] + hi[:2]) / 2
-    ix, iy = cell.config.tray_inner_half
-    to_x_obstacle = min(ix - abs(xy[0]), abs(xy[0] - cell.divider_x))
-    to_y_wall = iy - abs(xy[1])
-    # yaw 0 closes along world y (fingers side by side in y), which suits walls/divider that run along y.
-    yaw = 0.0 if to_x_obstacle < to_y_wall else math.pi / 2
-    return xy, yaw
+    return xy, wall_parallel_yaw(xy, cell.config.tray_inner_half, cell.divider_x)

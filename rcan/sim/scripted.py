@@ -14,8 +14,8 @@ contrast of closing on an object versus beside it, at the same closing heights a
 fingers parallel to the nearest wall or divider (``info["divider_x"]``, privileged; the oracle's yaw)
 instead of a random yaw, so the replay holds grasps of one object at good and bad yaws.
 
-``retry_prob`` (beyond the paper, simulation only): after the lift that follows a closing, if the fingers
-hold nothing (``info["holding"]``, privileged), the policy reopens and goes for a new goal with this
+``retry_prob`` (beyond the paper, simulation only): after the lift that follows a closing, if no finger
+touches an object (``info["holding"]``, privileged), the policy reopens and goes for a new goal with this
 probability, while at least ``retry_steps`` steps remain. A learned agent can only learn to regrasp (QT-Opt's
 emergent retries) from data where an empty grasp was followed by reopening; the paper's scripted policy
 never reopens and the learned policy's exploration noise never flips the gripper.
@@ -91,7 +91,7 @@ class ScriptedGraspPolicy:
         self._last_height = math.inf
 
     def _retry(self, info: dict) -> bool:
-        """Reopen after an empty lift? Only with ``retry_prob``, nothing held, and steps to spare."""
+        """Reopen after an empty lift? Only with ``retry_prob``, no object touched, and steps to spare."""
         if self.retry_prob <= 0 or info.get("holding", True):
             return False
         return self.max_steps - int(info.get("step", self.max_steps)) >= self.retry_steps and bool(

@@ -221,7 +221,8 @@ class TrainArgs:
     """Beyond the paper, simulation only: the share of aimed scripted grasps whose yaw closes the fingers
     parallel to the nearest wall or the divider (privileged; the oracle's yaw: 80% success against 71%
     with a random yaw for the scripted policy alone) instead of a random yaw, so the replay holds grasps
-    at good and bad yaws next to each other (see ``rcan.sim.scripted``)."""
+    at good and bad yaws next to each other (see ``rcan.sim.scripted``). Measured with 0.5 after 24 min:
+    70.6% (seed 0) and 57.8% (seed 1), against 66.7% and 62.7% for the default; not adopted."""
     scripted_retry_prob: float = 0.0
     """Beyond the paper, simulation only: after a scripted grasp's lift, if the fingers touch no object
     (privileged), reopen and go for another goal with this probability while 6 or more steps remain (see

@@ -106,6 +106,17 @@ def test_evaluate_protocol_with_tiny_agent(tmp_path) -> None:
     assert r["cem"] == {"samples": 4, "elites": 2, "iterations": 3}
 
 
+def test_evaluate_command_prints_rate_failures_and_retries(tmp_path, capsys) -> None:
+    from rcan.cli import main
+
+    torch.manual_seed(0)
+    save_agent(tmp_path / "agent" / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    argv = ["evaluate", "--agent", str(tmp_path / "agent"), "--domain", "canonical", "--attempts", "1"]
+    assert main([*argv, "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "Wilson 95%" in out and "failures:" in out and "grasps per attempt:" in out
+
+
 def test_evaluation_reuses_the_same_objects() -> None:
     class Lift:
         def reset(self, info: dict) -> None:

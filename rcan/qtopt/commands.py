@@ -177,9 +177,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"{f['closed_away_from_objects']} closed away from every object, {f['never_closed']} never closed"
     )
     t = r["retries"]
+    n = t["attempts_with_retries"]
     print(
-        f"grasps per attempt: {t['mean_grasps']:.2f}; {t['attempts_with_retries']} attempts reopened and "
-        f"grasped again, {t['successes_after_a_retry']} of them succeeded"
+        f"grasps per attempt: {t['mean_grasps']:.2f}; {n} attempt{'' if n == 1 else 's'} reopened and "
+        f"grasped again, {t['successes_after_a_retry']} of {'it' if n == 1 else 'them'} succeeded"
     )
     return 0
 

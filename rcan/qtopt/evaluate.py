@@ -154,7 +154,7 @@ def failure_breakdown(per_attempt: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def retry_summary(per_attempt: list[dict[str, Any]]) -> dict[str, float]:
+def retry_summary(per_attempt: list[dict[str, Any]]) -> dict[str, float | int]:
     """How often the agent regrasped: the mean number of grasps (closings of an open gripper) per attempt,
     the attempts with more than one, and how many of those succeeded."""
     grasps = [int(a.get("grasps", 0)) for a in per_attempt]

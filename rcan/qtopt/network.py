@@ -282,12 +282,12 @@ class QNetwork(nn.Module):
             centres = _cell_centres(f.shape[2], f.shape[3], f.device, f.dtype)
             g = _soft_argmax(self.gripper_conv(f), centres)[:, 0]  # (B, 2), in tool_pixel's coordinates
             f = torch.cat([f, centres - g[:, :, None, None]], 1)
-        if fine:  # packed beside the fused map (space-to-depth), so a state stays one tensor
-            for m, scale in zip(fine, self._fine_scales, strict=True):
-                if m.shape[-1] != f.shape[-1] * scale or m.shape[-2] != f.shape[-2] * scale:
-                    raise ValueError(f"image size {images.shape[-1]} does not divide into the tower's strides")
-            f = torch.cat([f, *(F.pixel_unshuffle(m, s) for m, s in zip(fine, self._fine_scales, strict=True))], 1)
-        return f
+        packed = [f]  # the finer maps go beside the fused map (space-to-depth): a state stays one tensor
+        for m, scale in zip(fine, self._fine_scales, strict=True):
+            if m.shape[-1] != f.shape[-1] * scale or m.shape[-2] != f.shape[-2] * scale:
+                raise ValueError(f"image size {images.shape[-1]} does not divide into the tower's strides")
+            packed.append(F.pixel_unshuffle(m, scale))
+        return torch.cat(packed, 1) if fine else f
 
     def _main(self, feats: torch.Tensor) -> torch.Tensor:
         """The fused map (coordinate and gripper-offset channels last) of a ``features`` tensor."""

@@ -57,6 +57,28 @@ def test_seeded_determinism():
         b.close()
 
 
+def test_object_pixels_label_where_the_objects_are() -> None:
+    """``object_pixels``: one grasp point per object, on that object's pixels in the segmentation (the arm
+    may hide one), in reset's and step's info."""
+    size = 96
+    env = GraspEnv(image_size=size)
+    try:
+        obs, info = env.reset(seed=4)
+        for _ in range(2):
+            pts = info["object_pixels"]
+            assert pts.shape == (5, 2) and pts.dtype == np.float32 and np.all(np.abs(pts) < 1)
+            seg = env.render_style(env._style, aux=True).segmentation
+            cols, rows = ((pts + 1) / 2 * size - 0.5).round().astype(int).T
+            on = [
+                (seg[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2] == OBJECT).any()
+                for r, c in zip(rows, cols, strict=True)
+            ]
+            assert sum(on) >= 4, on
+            obs, _, _, _, info = env.step(np.array([0.5, 0.5, 0.0, 0.0, -1.0, -1.0]))
+    finally:
+        env.close()
+
+
 def test_finger_pixels_label_where_the_move_put_the_fingers(env) -> None:
     """``finger_pixels``: the two fingertips in the step's input image once the move is done, open even
     when the step closes; their midpoint is where the fingertips' centre appears."""

@@ -16,6 +16,7 @@ from rcan.qtopt.replay import (
     load_replays,
     mc_returns,
     nstep_returns,
+    padded_object_pixels,
     save_replays,
 )
 from rcan.qtopt.train import bellman_targets, clipped_double_q_values
@@ -40,19 +41,23 @@ def test_network_shapes(channels: int, keypoints: int, gripper: bool, readout: b
 
 
 @pytest.mark.parametrize(
-    ("keypoints", "gripper", "readout", "yaw", "fingers"),
+    ("keypoints", "gripper", "readout", "yaw", "fingers", "offsets"),
     [
-        (0, False, False, False, False),
-        (8, False, False, False, False),
-        (0, True, False, False, False),
-        (0, True, True, False, False),
-        (0, True, True, True, False),
-        (0, True, True, True, True),
-        (0, True, 2, False, False),
-        (0, True, 3, True, True),
+        (0, False, False, False, False, False),
+        (8, False, False, False, False, False),
+        (0, True, False, False, False, False),
+        (0, True, True, False, False, False),
+        (0, True, True, False, False, True),
+        (0, True, True, True, False, False),
+        (0, True, True, True, True, False),
+        (0, True, True, True, True, True),
+        (0, True, 2, False, False, False),
+        (0, True, 3, True, True, False),
     ],
 )
-def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readout: int, yaw: bool, fingers: bool) -> None:
+def test_tiled_candidates_equal_one_by_one(
+    keypoints: int, gripper: bool, readout: int, yaw: bool, fingers: bool, offsets: bool
+) -> None:
     """``readout``: False, or True/an int (the read-out's ``readout_levels``)."""
     torch.manual_seed(1)
     net = QNetwork(
@@ -63,6 +68,7 @@ def test_tiled_candidates_equal_one_by_one(keypoints: int, gripper: bool, readou
             readout_levels=max(1, int(readout)),
             gripper_yaw=yaw,
             finger_readout=fingers,
+            object_offsets=offsets,
         )
     )
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
@@ -85,6 +91,57 @@ def test_wrong_channels_rejected() -> None:
         QNetConfig(gripper_keypoint=True, target_readout=True, readout_levels=4)
     with pytest.raises(ValueError, match="finger_readout needs gripper_yaw"):
         QNetConfig(gripper_keypoint=True, target_readout=True, finger_readout=True)
+    with pytest.raises(ValueError, match="object_offsets needs target_readout"):
+        QNetConfig(gripper_keypoint=True, object_offsets=True)
+
+
+def test_nearest_offsets_and_offset_points_by_hand() -> None:
+    """Offsets point from each point to the nearest present grasp point, in cells, clipped; rows without
+    objects give NaN; the sampled points are the landing point, some near objects and some anywhere."""
+    from rcan.qtopt.train import nearest_offsets, offset_points
+
+    nan = float("nan")
+    centres = torch.tensor([[[0.0, 0.0], [0.5, 0.5], [nan, nan]], [[nan, nan], [nan, nan], [nan, nan]]])
+    points = torch.tensor([[[0.1, 0.0], [0.5, 0.25], [-1.0, -1.0]], [[0.0, 0.0], [0.1, 0.1], [0.2, 0.2]]])
+    off = nearest_offsets(points, centres, cells=4.0, limit=1.5)
+    torch.testing.assert_close(off[0, 0], torch.tensor([-0.4, 0.0]))
+    torch.testing.assert_close(off[0, 1], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(off[0, 2], torch.tensor([1.5, 1.5]))  # 4 cells away: clipped
+    assert torch.isnan(off[1]).all()
+    g = torch.Generator().manual_seed(0)
+    landing = torch.tensor([[0.3, 0.3], [nan, nan]])
+    pts = offset_points(centres, landing, extra=6, spread=0.01, generator=g)
+    assert pts.shape == (2, 7, 2)
+    torch.testing.assert_close(pts[0, 0], landing[0])
+    d = torch.cdist(pts[0, 1:4], centres[0, :2]).min(dim=1).values
+    assert (d < 0.05).all()  # around a present object, never the absent slot
+    assert torch.isnan(pts[1, :4]).all() and torch.isfinite(pts[:, 4:]).all()
+    assert (pts[:, 4:].abs() <= 1).all()
+
+
+def test_object_offset_loss_learns_and_skips_unlabelled_rows() -> None:
+    """A few steps on one batch reduce the loss; a batch without labels costs nothing."""
+    from rcan.qtopt.train import object_offset_loss
+
+    torch.manual_seed(0)
+    net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True, object_offsets=True))
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    centres = torch.full((4, 8, 2), float("nan"))
+    centres[:, :3] = torch.rand(4, 3, 2) * 1.6 - 0.8
+    landing, shifts = torch.rand(4, 2) * 2 - 1, torch.zeros(4, 2)
+    g = torch.Generator().manual_seed(1)
+    nan = torch.full_like(centres, float("nan"))
+    assert float(object_offset_loss(net, net.features(images), nan, landing, shifts, 64, 6, g)) == 0.0
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        g.manual_seed(1)  # the same points every step: the loss must fall on them
+        loss = object_offset_loss(net, net.features(images), centres, landing, shifts, 64, 6, g)
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.3 * losses[0]
 
 
 def test_finger_loss_ignores_finger_order_and_missing_labels() -> None:
@@ -439,6 +496,14 @@ def test_replay_keeps_where_the_gripper_is_next() -> None:
     known = buf.finger_pixels[np.isfinite(buf.finger_pixels).all(axis=1)]
     np.testing.assert_array_equal(known, fingers)  # the step's own label: the last step has one too
     assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
+    ep = _episode(rng, 2, 6)
+    centres = np.stack([padded_object_pixels([[0.1, 0.2], [0.3, -0.4]]), padded_object_pixels(None)])
+    buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards, object_pixels=centres))
+    known = buf.object_pixels[np.isfinite(buf.object_pixels).all(axis=2).any(axis=1)]
+    np.testing.assert_array_equal(known, centres[:1])  # the second step's slots are all absent
+    assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
+    with pytest.raises(ValueError, match="at most"):
+        padded_object_pixels(np.zeros((9, 2)))
 
 
 def test_replay_errors(tmp_path) -> None:

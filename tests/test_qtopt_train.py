@@ -243,6 +243,7 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
         target_readout=True,
         gripper_yaw=True,
         finger_readout=True,
+        object_offset_weight=1.0,
         scripted_aim_prob=1.0,
         seed=4,
     )
@@ -261,10 +262,15 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
     assert all(np.isfinite(row["finger_aux"]) and row["finger_aux"] > 0 for row in progress)
     agent = load_agent(tmp_path / "run")
     assert agent.network.config.target_readout and agent.network.config.gripper_yaw
-    assert agent.network.config.finger_readout
+    assert agent.network.config.finger_readout and agent.network.config.object_offsets
+    present = np.isfinite(scripted.object_pixels[:n]).all(axis=2)  # (n, MAX_OBJECTS)
+    assert (present.sum(axis=1) == t.args.num_objects).all()  # every step labels the cell's objects
+    assert all(np.isfinite(row["offset_aux"]) and row["offset_aux"] > 0 for row in progress)
     with pytest.raises(ValueError, match="scripted_aim_prob"):
         Trainer(make_args("tiny", out=str(tmp_path / "bad"), collectors=0, scripted_aim_prob=2.0))
     with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
         make_args("tiny", target_readout=False, gripper_yaw=True)
     with pytest.raises(ValueError, match="finger_readout needs gripper_yaw"):
         make_args("tiny", finger_readout=True)
+    with pytest.raises(ValueError, match="object_offset_weight needs target_readout"):
+        make_args("tiny", target_readout=False, object_offset_weight=1.0)

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from rcan.qtopt.replay import padded_object_pixels
+
 EPISODE_KINDS = ("scripted", "policy", "eval", "real")
 
 
@@ -80,6 +82,9 @@ class Episode:
     object_masks: np.ndarray | None = None
     """(T, H, W // 8) uint8: each state image's object pixels, bit-packed along rows (``np.packbits``;
     privileged: the label of the auxiliary object-map loss; None unless the collector labels objects)."""
+    object_pixels: np.ndarray | None = None
+    """(T, MAX_OBJECTS, 2) float32: where each object's grasp point appears in each state image, NaN rows
+    for absent objects or envs that do not report them (privileged: the label of the object-offset loss)."""
 
     @property
     def length(self) -> int:
@@ -342,11 +347,13 @@ class EpisodeRunner:
         obs, info = env.reset(seed=int(self.rng.integers(2**31)))
         self.scripted.reset(info)
         raw, imgs, states, actions, rewards, pixels, yaws, masks, fingers = [], [], [], [], [], [], [], [], []
+        centres: list[np.ndarray] = []
         close_h = close_d = math.nan
         done, success = False, False
         while not done:
             state = obs_state(obs)
             pixels.append(info.get("tool_pixel", (math.nan, math.nan)))
+            centres.append(padded_object_pixels(info.get("object_pixels")))
             yaws.append(info.get("yaw", math.nan))
             if "object_mask" in info:
                 masks.append(np.packbits(info["object_mask"], axis=-1))
@@ -391,6 +398,7 @@ class EpisodeRunner:
             tool_yaws=np.asarray(yaws, np.float32),
             finger_pixels=np.asarray(fingers, np.float32).reshape(-1, 4),
             object_masks=np.stack(masks) if masks and len(masks) == len(rewards) else None,
+            object_pixels=np.stack(centres),
         )
 
     def close(self) -> None:

@@ -27,6 +27,9 @@ ACTION_DIM = 6
 STATE_DIM = 2
 HEIGHT_SCALE = 10.0
 """Gripper height (metres) is multiplied by this before the embedding, so 0..0.3 m spans 0..3."""
+OFFSET_RANGE = 1.5
+"""Object offsets are read (and taught) up to this many fused-map cells on each axis (12 pixels at 64x64):
+the read-out needs them precise near an object, and only their direction farther away."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,18 @@ class QNetConfig:
     finger lands on the object, on the divider or beside it decides most near misses. Needs
     ``gripper_yaw``."""
 
+    object_offsets: bool = False
+    """Beyond QT-Opt: read, where the target read-out samples the maps, the offset from that point to the
+    nearest object's grasp point (in fused-map cells, clipped to ``OFFSET_RANGE``): a linear map of the
+    sampled features, taught by ``TrainArgs.object_offset_weight`` against the simulator's object
+    positions (training only) at the moves' landing points and at points around and between the objects.
+    The read-out's local head gets the offset at each candidate's landing point as two more inputs, so
+    "close right on an object" is a function of two numbers it is given, not one it must discover from
+    the rewards. Needs ``target_readout``."""
+
     def __post_init__(self) -> None:
+        if self.object_offsets and not self.target_readout:
+            raise ValueError("object_offsets needs target_readout")
         if self.finger_readout and not self.gripper_yaw:
             raise ValueError("finger_readout needs gripper_yaw")
         if self.gripper_yaw and not self.target_readout:
@@ -240,6 +254,9 @@ class QNetwork(nn.Module):
             )
             sampled = (fine_total + fused) * (3 if fingers else 1)
             local_in = sampled + ACTION_DIM + 2 + STATE_DIM + (2 if config.gripper_yaw else 0)
+            if config.object_offsets:
+                self.offset_head = nn.Linear(fine_total + fused, 2)
+                local_in += 2
             if config.gripper_yaw:
                 self.yaw_head = nn.Linear(fine_total + fused, 2)
             self.local_head = nn.Sequential(
@@ -350,6 +367,15 @@ class QNetwork(nn.Module):
         p = g[:, None] + out[..., :2]
         return p, (out[..., 2:] if self.config.finger_readout else None)
 
+    def object_offsets(self, feats: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """(B, F, h, w), image points (B, M, 2) in [-1, 1] -> (B, M, 2): the offset from each point to the
+        nearest object's grasp point, in fused-map cells, as read from the maps there (unclipped: the
+        loss clips its labels; ``object_offsets`` networks only)."""
+        if not self.config.object_offsets:
+            raise ValueError("this network does not read object offsets")
+        sampled = self._sample_maps(feats, points[:, :, None, :]).permute(0, 2, 3, 1)[:, :, 0]  # (B, M, C)
+        return self.offset_head(sampled)
+
     def gripper_yaw_vector(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) -> (B, 2): the gripper's (cos 2 psi, sin 2 psi) read where the gripper is located
         (``gripper_yaw`` networks only)."""
@@ -376,6 +402,9 @@ class QNetwork(nn.Module):
         parts = [sampled, action_features(actions), s]
         if yaws is not None:
             parts.append(yaws)
+        if self.config.object_offsets:  # the offset read at the landing point (the centre's features)
+            centre = sampled[..., : self.offset_head.in_features]
+            parts.append(self.offset_head(centre).clamp(-OFFSET_RANGE, OFFSET_RANGE))
         z = torch.cat(parts, dim=-1)
         return self.local_head(z)[..., 0]
 

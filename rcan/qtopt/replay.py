@@ -4,8 +4,9 @@ Layout: one slot per environment step: the state image before the action, the ac
 return and discount, the episode's discounted return from that step on (the Monte-Carlo return that
 ``mc_lower_bound`` training uses as a floor for its targets), and where the fingertips appear in the
 image (NaN when unknown; the label of the auxiliary gripper-keypoint loss) and in the next one (NaN at an
-episode's last step; the label of the target read-out's move loss), and the gripper's yaw (NaN when
-unknown; the label of the gripper-yaw loss). The bootstrap state of slot
+episode's last step; the label of the target read-out's move loss), the gripper's yaw (NaN when
+unknown; the label of the gripper-yaw loss), and where the objects' grasp points appear (NaN when
+unknown; the label of the object-offset loss). The bootstrap state of slot
 i is slot i + k of the same episode, so every image is stored once (the terminal observation is never
 needed: there is no bootstrap from it). Episodes are kept contiguous (an episode that would straddle the
 end of the ring starts again at slot 0), and the ring is overwritten in increasing order, so a
@@ -25,6 +26,8 @@ import numpy as np
 
 from rcan.common.atomic import open_atomic
 
+MAX_OBJECTS = 8
+"""Object slots per step for ``object_pixels`` (the cell holds 5 to 6 objects; absent slots are NaN)."""
 _META_FIELDS = ("capacity", "pos", "filled", "episodes", "steps", "channels", "height", "width")
 
 
@@ -38,7 +41,9 @@ class EpisodeSteps:
     image, or None when unknown (``real`` episodes); tool_yaws (T,), the gripper's yaw (rad) before each
     action, or None when unknown; finger_pixels (T, 4), where each action's move put the two fingertips in
     that step's image before any closing, or None when unknown; object_masks (T, H, ceil(W / 8)) uint8, each image's
-object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None when unknown."""
+object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None when unknown; object_pixels
+    (T, MAX_OBJECTS, 2), where each object's grasp point appears in each image (NaN slots for absent
+    objects; see :func:`padded_object_pixels`), or None when unknown."""
 
     images: np.ndarray
     states: np.ndarray
@@ -48,6 +53,18 @@ object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None wh
     object_masks: np.ndarray | None = None
     tool_yaws: np.ndarray | None = None
     finger_pixels: np.ndarray | None = None
+    object_pixels: np.ndarray | None = None
+
+
+def padded_object_pixels(pixels: Any) -> np.ndarray:
+    """An env's ``info["object_pixels"]`` (N, 2), or None, -> (MAX_OBJECTS, 2) float32, NaN-padded."""
+    out = np.full((MAX_OBJECTS, 2), np.nan, np.float32)
+    if pixels is not None:
+        p = np.asarray(pixels, np.float32).reshape(-1, 2)
+        if len(p) > MAX_OBJECTS:
+            raise ValueError(f"at most {MAX_OBJECTS} objects can be labelled, got {len(p)}")
+        out[: len(p)] = p
+    return out
 
 
 def nstep_returns(rewards: np.ndarray, gamma: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,6 +121,7 @@ class ReplayBuffer:
         self.tool_pixels_after = np.full((capacity, 2), np.nan, np.float32)
         self.tool_yaws = np.full(capacity, np.nan, np.float32)
         self.finger_pixels = np.full((capacity, 4), np.nan, np.float32)
+        self.object_pixels = np.full((capacity, MAX_OBJECTS, 2), np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
         # Object masks (bit-packed, 1/24 of an RGB image) only in buffers that keep them.
@@ -148,6 +166,8 @@ class ReplayBuffer:
         self.tool_yaws[s] = np.nan if ep.tool_yaws is None else np.asarray(ep.tool_yaws, np.float32).reshape(t_len)
         fingers = ep.finger_pixels
         self.finger_pixels[s] = np.nan if fingers is None else np.asarray(fingers, np.float32).reshape(t_len, 4)
+        centres, shape = ep.object_pixels, (t_len, MAX_OBJECTS, 2)
+        self.object_pixels[s] = np.nan if centres is None else np.asarray(centres, np.float32).reshape(shape)
         if self.object_masks is not None and self.mask_known is not None:
             known = ep.object_masks is not None
             self.mask_known[s] = known
@@ -161,7 +181,7 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        tool_pixels_after, tool_yaws, finger_pixels, next_images, next_states (for a transition without bootstrap, the
+        tool_pixels_after, tool_yaws, finger_pixels, object_pixels, next_images, next_states (for a transition without bootstrap, the
         next fields repeat the state; its discount is 0); from a buffer that keeps object masks, also
         object_masks (B, H, W) uint8 0/1 and mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
@@ -180,6 +200,7 @@ class ReplayBuffer:
             "tool_pixels_after": self.tool_pixels_after[i],
             "tool_yaws": self.tool_yaws[i],
             "finger_pixels": self.finger_pixels[i],
+            "object_pixels": self.object_pixels[i],
             "next_images": self.images[j],
             "next_states": self.states[j],
         }
@@ -209,6 +230,7 @@ class ReplayBuffer:
             f"{prefix}tool_pixels_after": self.tool_pixels_after[:n],
             f"{prefix}tool_yaws": self.tool_yaws[:n],
             f"{prefix}finger_pixels": self.finger_pixels[:n],
+            f"{prefix}object_pixels": self.object_pixels[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
         } | masks
@@ -231,7 +253,7 @@ class ReplayBuffer:
                 buf.mc_returns[:n] = arrays[f"{prefix}mc_returns"]
             else:  # written before version 0.3: no Monte-Carlo returns; 0 is no floor (targets are >= 0)
                 buf.mc_returns[:n] = 0.0
-            labels = ("tool_pixels", "tool_pixels_after", "tool_yaws", "finger_pixels")
+            labels = ("tool_pixels", "tool_pixels_after", "tool_yaws", "finger_pixels", "object_pixels")
             for name in labels:  # (older files: unknown, NaN, no auxiliary loss)
                 if f"{prefix}{name}" in arrays:
                     getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]

@@ -59,7 +59,7 @@ from rcan.qtopt import INPUT_MODES
 from rcan.qtopt.agent import AGENT_FILE, check_input_mode, image_channels, save_agent
 from rcan.qtopt.cem import CEMConfig, cem_maximize
 from rcan.qtopt.collectors import Collector, CollectorConfig, Episode, InlineCollectors, LocalCollectors
-from rcan.qtopt.network import QNetConfig, QNetwork, random_shift
+from rcan.qtopt.network import OFFSET_RANGE, QNetConfig, QNetwork, random_shift
 from rcan.qtopt.replay import (
     EpisodeSteps,
     LocalReplay,
@@ -163,6 +163,15 @@ class TrainArgs:
     against the fraction of each cell's pixels that the simulator's segmentation marks as object, moved
     with the image's random shift; ``QNetConfig.object_map``). The collectors then record object masks
     (bit-packed, in the replay) for simulated episodes; never for ``real`` ones. 0: off."""
+    object_offset_weight: float = 0.0
+    """Weight of an auxiliary loss that teaches the read-out the offset from a point to the nearest
+    object's grasp point (``QNetConfig.object_offsets``, which this turns on; needs ``target_readout``):
+    squared error in fused-map cells, labels clipped to ``OFFSET_RANGE``, at each transition's landing
+    point and at ``object_offset_points`` more points (half around random objects, half anywhere), all
+    moved with the image's random shift; labels from the simulator (training only; ``real`` episodes
+    carry none). 0: off."""
+    object_offset_points: int = 6
+    """Extra points per image at which the object-offset loss is taught (besides the landing point)."""
     batch_size: int = 32
     """Transitions per gradient step."""
     lr: float = 3e-4
@@ -383,6 +392,10 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("gripper_yaw needs target_readout (the read-out's local head uses the yaw)")
     if args.target_readout and not args.gripper_keypoint:
         raise ValueError("target_readout needs gripper_keypoint (the read-out starts from the located gripper)")
+    if args.object_offset_weight < 0 or args.object_offset_points < 0:
+        raise ValueError("object_offset_weight and object_offset_points must be >= 0")
+    if args.object_offset_weight > 0 and not args.target_readout:
+        raise ValueError("object_offset_weight needs target_readout (offsets are read where the read-out looks)")
     if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
         raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")
     if bool(args.finetune_from) != (args.real_episodes > 0):
@@ -456,6 +469,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         readout_levels=args.readout_levels,
         gripper_yaw=args.gripper_yaw,
         finger_readout=args.finger_readout,
+        object_offsets=args.object_offset_weight > 0,
     )
 
 
@@ -618,6 +632,61 @@ def yaw_aux_loss(net: QNetwork, feats: torch.Tensor, yaws: torch.Tensor) -> torc
     return ((net.gripper_yaw_vector(feats[known]) - label) ** 2).sum(dim=1).mean()
 
 
+def offset_points(
+    centres: torch.Tensor, landing: torch.Tensor, extra: int, spread: float, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, O, 2) object grasp points (NaN: absent), (B, 2) landing points (NaN: unknown) -> (B, 1 + extra, 2)
+    points at which to teach object offsets: the landing point, ``extra // 2`` around random objects (normal
+    noise of std ``spread`` image units), the rest uniform over the image; NaN where there is no such point."""
+    b = centres.shape[0]
+    near = extra // 2
+    weights = torch.isfinite(centres).all(dim=-1).float() + 1e-12  # a row without objects draws NaN slots
+    parts = [landing[:, None]]
+    if near:
+        pick = torch.multinomial(weights, near, replacement=True, generator=generator)
+        chosen = torch.gather(centres, 1, pick[..., None].expand(b, near, 2))
+        parts.append(chosen + spread * torch.randn(b, near, 2, generator=generator))
+    if extra - near:
+        parts.append(torch.rand(b, extra - near, 2, generator=generator) * 2.0 - 1.0)
+    return torch.cat(parts, dim=1)
+
+
+def nearest_offsets(points: torch.Tensor, centres: torch.Tensor, cells: float, limit: float) -> torch.Tensor:
+    """(B, M, 2) points, (B, O, 2) grasp points (NaN: absent) -> (B, M, 2): from each point to the nearest
+    grasp point, in cells (``cells`` per image unit), clipped to +-``limit``; NaN where a row has none."""
+    diff = centres[:, None] - points[:, :, None]  # (B, M, O, 2)
+    dist = (diff**2).sum(-1).nan_to_num(float("inf"))
+    idx = dist.argmin(dim=-1)  # (B, M)
+    near = torch.gather(diff, 2, idx[..., None, None].expand(*idx.shape, 1, 2))[:, :, 0]
+    none = torch.isinf(dist.min(dim=-1).values)
+    return (near * cells).clamp(-limit, limit).masked_fill(none[..., None], float("nan"))
+
+
+def object_offset_loss(
+    net: QNetwork,
+    feats: torch.Tensor,
+    object_pixels: torch.Tensor,
+    landing: torch.Tensor,
+    shifts: torch.Tensor,
+    width: int,
+    extra: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Squared error, in fused-map cells, of the offsets the read-out reads to the nearest object's grasp
+    point, at the landing points and ``extra`` more points per image (:func:`offset_points`), all in the
+    shifted image's coordinates; points without a label count for nothing."""
+    move = shifts * (2.0 / width)
+    centres = object_pixels + move[:, None]
+    h = feats.shape[-1]
+    points = offset_points(centres, landing + move, extra, 2.0 / h, generator)
+    label = nearest_offsets(points, centres, h / 2.0, OFFSET_RANGE)
+    known = torch.isfinite(label).all(dim=-1) & torch.isfinite(points).all(dim=-1)  # (B, M)
+    if not known.any():
+        return torch.zeros(())
+    pred = net.object_offsets(feats, points.nan_to_num(0.0))
+    return ((pred - label.nan_to_num(0.0)) ** 2).sum(-1)[known].mean()
+
+
 def shift_images(
     images: torch.Tensor, masks: torch.Tensor | None, pad: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -775,6 +844,7 @@ class Trainer:
             object_masks=ep.object_masks if sim else None,
             tool_yaws=ep.tool_yaws if sim else None,
             finger_pixels=ep.finger_pixels if sim else None,
+            object_pixels=ep.object_pixels if sim else None,
         )
         self.replay.add_episode(ep.kind, steps)
         self.env_steps += ep.length
@@ -844,6 +914,19 @@ class Trainer:
                 self.net, feats, batch["states"], batch["actions"], batch["finger_pixels"], shifts, images.shape[-1]
             )
             loss = loss + a.finger_aux_weight * finger
+        offsets = torch.zeros(())
+        if self.net.config.object_offsets:
+            offsets = object_offset_loss(
+                self.net,
+                feats,
+                batch["object_pixels"],
+                batch["tool_pixels_after"],
+                shifts,
+                images.shape[-1],
+                a.object_offset_points,
+                self.torch_rng,
+            )
+            loss = loss + a.object_offset_weight * offsets
         obj = torch.zeros(())
         if masks is not None:
             obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
@@ -871,6 +954,7 @@ class Trainer:
             "yaw_aux": float(yaw.detach()),
             "finger_aux": float(finger.detach()),
             "object_aux": float(obj.detach()),
+            "offset_aux": float(offsets.detach()),
         }
 
     # -- checkpoints --------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ where the fingertips appear in the returned image (privileged, for auxiliary los
 ``finger_pixels`` (4,): where the two fingertips were, in the step's *input* image, once the move was done
 and before any closing or lift (x1, y1, x2, y2; privileged, the label of the finger read-out); every info
 also has ``objects_xy`` (N, 2), where the objects are (privileged, for scripted exploration), and
-``holding``, whether the closed fingers touch an object (privileged, see ``holding()``), and ``divider_x``,
-where the divider stands (privileged); with
+``holding``, whether the closed fingers touch an object (privileged, see ``holding()``), ``divider_x``,
+where the divider stands (privileged), and ``object_pixels`` (N, 2), where each object's grasp point
+appears in the returned image (privileged, see ``object_pixels()``); with
 ``label_objects=True``, ``info["object_mask"]``: bool HxW, the returned image's pixels that show an object
 (from the same render's segmentation; privileged, for auxiliary losses).
 
@@ -53,6 +54,9 @@ from rcan.sim.stage import Stage
 from rcan.sim.textures import ImageFolderTextures, PhotoTextures, ProceduralTextures, TextureSource
 
 OBJECT_SPLITS = ("train", "test")
+GRASP_POINT_HEIGHT = 0.02
+"""Metres above the tray bottom of the points ``object_pixels`` projects: about where a gripper closing
+on the floor has its fingertips' centre (the agents' median closing height is ~2.2 cm)."""
 OBJECT_FAMILIES = ("procedural", "realistic", "mixed")
 
 
@@ -171,6 +175,7 @@ class GraspEnv(gym.Env):
         self._style = self._sample_style(self.domain, self._look_rng)
         info = self._info()
         info["tool_pixel"] = self.tool_pixel()
+        info["object_pixels"] = self.object_pixels()
         return self._observation(info), info
 
     def step(self, action: np.ndarray):
@@ -204,6 +209,7 @@ class GraspEnv(gym.Env):
         if self.restyle_every_step:
             self._style = self._sample_style(self.domain, self._look_rng)
         info["tool_pixel"] = self.tool_pixel()
+        info["object_pixels"] = self.object_pixels()
         info["finger_pixels"] = fingers
         return self._observation(info), reward, done, False, info
 
@@ -275,6 +281,17 @@ class GraspEnv(gym.Env):
 
     def object_positions(self) -> np.ndarray:
         return self.cell.object_positions()
+
+    def object_pixels(self) -> np.ndarray:
+        """(N, 2) float32: where each object's grasp point appears in the current observation (x, y in
+        [-1, 1], as ``tool_pixel``): the centre of its bounding box in x-y, at ``GRASP_POINT_HEIGHT``, the
+        height at which fingertips close on the tray's floor, so that a gripper closing right on the object
+        has ``tool_pixel`` there (privileged: an auxiliary training label, never an input; also in ``info``)."""
+        if not self.cell.object_bodies:
+            return np.zeros((0, 2), np.float32)
+        boxes = np.array([self.client.getAABB(b) for b in self.cell.object_bodies])  # (N, 2, 3)
+        points = np.c_[boxes[:, :, :2].mean(axis=1), np.full(len(boxes), GRASP_POINT_HEIGHT)]
+        return self.project(points).astype(np.float32)
 
     def commanded_point(self, action: np.ndarray) -> np.ndarray:
         """Privileged diagnostic: the (3,) position (m) that ``action`` commands the fingertips to."""

@@ -95,6 +95,29 @@ def test_wrong_channels_rejected() -> None:
         QNetConfig(gripper_keypoint=True, object_offsets=True)
 
 
+def test_global_pool_reads_a_finer_map_at_the_global_heads_cost() -> None:
+    """strides (2, 2, 1) + global_pool 2: the read-out gets a 16x16 fused map, the global head still sees
+    8x8 (its MACs per candidate grow only by the read-out's own); candidates tile exactly; a pool that does
+    not divide the map is refused."""
+    torch.manual_seed(2)
+    base = dict(gripper_keypoint=True, target_readout=True, object_offsets=True)
+    net = QNetwork(QNetConfig(strides=(2, 2, 1), global_pool=2, **base))
+    coarse = QNetwork(QNetConfig(**base))
+    assert net.feature_shape[-1] == 16 and coarse.feature_shape[-1] == 8
+    assert net.fc[0].in_features == coarse.fc[0].in_features
+    assert count_macs(net)[1] < 1.2 * count_macs(coarse)[1]
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    states, cands = torch.rand(2, 2), torch.rand(2, 5, 6)
+    with torch.no_grad():
+        tiled = net.head(net.features(images), states, cands, chunk=4)
+        single = torch.stack([net(images, states, cands[:, j]) for j in range(5)], dim=1)
+    torch.testing.assert_close(tiled, single, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="global_pool"):
+        QNetwork(QNetConfig(global_pool=3, **base))
+    with pytest.raises(ValueError, match="global_pool"):
+        QNetConfig(global_pool=0)
+
+
 def test_nearest_offsets_and_offset_points_by_hand() -> None:
     """Offsets point from each point to the nearest present grasp point, in cells, clipped; rows without
     objects give NaN; the sampled points are the landing point, some near objects and some anywhere."""

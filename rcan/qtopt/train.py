@@ -163,6 +163,9 @@ class TrainArgs:
     against the fraction of each cell's pixels that the simulator's segmentation marks as object, moved
     with the image's random shift; ``QNetConfig.object_map``). The collectors then record object masks
     (bit-packed, in the replay) for simulated episodes; never for ``real`` ones. 0: off."""
+    global_pool: int = 1
+    """Average-pool the fused map by this factor for the global head only (``QNetConfig.global_pool``):
+    with ``strides=2,2,1`` and 2, a 16x16 map for the read-out at the global head's 8x8 cost."""
     object_offset_weight: float = 0.0
     """Weight of an auxiliary loss that teaches the read-out the offset from a point to the nearest
     object's grasp point (``QNetConfig.object_offsets``, which this turns on; needs ``target_readout``):
@@ -470,6 +473,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         gripper_yaw=args.gripper_yaw,
         finger_readout=args.finger_readout,
         object_offsets=args.object_offset_weight > 0,
+        global_pool=args.global_pool,
     )
 
 

@@ -108,8 +108,8 @@ class QNetConfig:
     global_pool: int = 1
     """The global head (the per-candidate 1x1 conv and FC) sees the fused map average-pooled by this
     factor, while the gripper keypoint, the read-out and the object offsets use it at full size. With
-    strides (2, 2, 1) and 2, the read-out samples a 16x16 fused map (finer object positions: 2.2 against
-    2.9 px RMS in a supervised probe, benchmarks/RESULTS.md) while the per-candidate head, most of a
+    strides (2, 2, 1) and 2, the read-out samples a 16x16 fused map (finer object positions: 2.1 against
+    2.8 px RMS in a supervised probe, benchmarks/RESULTS.md) while the per-candidate head, most of a
     gradient step's cost, stays at 8x8."""
     object_offsets: bool = False
     """Beyond QT-Opt: read, where the target read-out samples the maps, the offset from that point to the

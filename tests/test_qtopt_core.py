@@ -118,6 +118,19 @@ def test_global_pool_reads_a_finer_map_at_the_global_heads_cost() -> None:
         QNetConfig(global_pool=0)
 
 
+def test_learning_rate_falls_linearly_then_stays() -> None:
+    from rcan.qtopt.train import learning_rate, make_args
+
+    constant = make_args("tiny")
+    assert learning_rate(constant, 0) == learning_rate(constant, 10**6) == constant.lr
+    decay = make_args("tiny", lr=1e-3, lr_final=1e-4, lr_decay_steps=100)
+    assert learning_rate(decay, 0) == pytest.approx(1e-3)
+    assert learning_rate(decay, 50) == pytest.approx(5.5e-4)
+    assert learning_rate(decay, 100) == learning_rate(decay, 5000) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        make_args("tiny", lr_decay_steps=0)
+
+
 def test_nearest_offsets_and_offset_points_by_hand() -> None:
     """Offsets point from each point to the nearest present grasp point, in cells, clipped; rows without
     objects give NaN; the sampled points are the landing point, some near objects and some anywhere."""

@@ -178,7 +178,13 @@ class TrainArgs:
     batch_size: int = 32
     """Transitions per gradient step."""
     lr: float = 3e-4
-    """Adam learning rate."""
+    """Adam learning rate (the first, with ``lr_final``)."""
+    lr_final: float = 0.0
+    """With a value > 0: the learning rate falls linearly from ``lr`` to this over ``lr_decay_steps``
+    gradient steps, then stays (a function of the step count, so a resumed run continues it exactly).
+    0: a constant ``lr``."""
+    lr_decay_steps: int = 15_000
+    """Gradient steps over which the learning rate falls to ``lr_final``."""
     grad_clip: float = 10.0
     """Gradient norm clip (0: off)."""
     gamma: float = 0.9
@@ -395,6 +401,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("gripper_yaw needs target_readout (the read-out's local head uses the yaw)")
     if args.target_readout and not args.gripper_keypoint:
         raise ValueError("target_readout needs gripper_keypoint (the read-out starts from the located gripper)")
+    if args.lr <= 0 or args.lr_final < 0 or args.lr_decay_steps < 1:
+        raise ValueError("lr must be > 0, lr_final >= 0 and lr_decay_steps >= 1")
     if args.object_offset_weight < 0 or args.object_offset_points < 0:
         raise ValueError("object_offset_weight and object_offset_points must be >= 0")
     if args.object_offset_weight > 0 and not args.target_readout:
@@ -634,6 +642,15 @@ def yaw_aux_loss(net: QNetwork, feats: torch.Tensor, yaws: torch.Tensor) -> torc
         return torch.zeros(())
     label = torch.stack([torch.cos(2 * yaws[known]), torch.sin(2 * yaws[known])], dim=1)
     return ((net.gripper_yaw_vector(feats[known]) - label) ** 2).sum(dim=1).mean()
+
+
+def learning_rate(args: TrainArgs, grad_steps: int) -> float:
+    """The learning rate of gradient step ``grad_steps`` (0-based): ``lr``, or its linear fall to
+    ``lr_final`` over ``lr_decay_steps`` steps."""
+    if args.lr_final <= 0:
+        return args.lr
+    frac = min(1.0, grad_steps / args.lr_decay_steps)
+    return args.lr + (args.lr_final - args.lr) * frac
 
 
 def offset_points(
@@ -939,6 +956,8 @@ class Trainer:
         loss.backward()
         if a.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), a.grad_clip)
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(a, self.grad_steps)
         self.opt.step()
         self.grad_steps += 1
         with torch.no_grad():

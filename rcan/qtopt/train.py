@@ -165,14 +165,17 @@ class TrainArgs:
     (bit-packed, in the replay) for simulated episodes; never for ``real`` ones. 0: off."""
     global_pool: int = 1
     """Average-pool the fused map by this factor for the global head only (``QNetConfig.global_pool``):
-    with ``strides=2,2,1`` and 2, a 16x16 map for the read-out at the global head's 8x8 cost."""
+    with ``strides=2,2,1`` and 2, a 16x16 map for the read-out at the global head's 8x8 cost. Measured
+    with object offsets (24 min, seed 0): 56.9%, its object read-out finer (2.2 against 3.1 px) but its
+    aim no closer; not adopted (benchmarks/RESULTS.md)."""
     object_offset_weight: float = 0.0
     """Weight of an auxiliary loss that teaches the read-out the offset from a point to the nearest
     object's grasp point (``QNetConfig.object_offsets``, which this turns on; needs ``target_readout``):
     squared error in fused-map cells, labels clipped to ``OFFSET_RANGE``, at each transition's landing
     point and at ``object_offset_points`` more points (half around random objects, half anywhere), all
     moved with the image's random shift; labels from the simulator (training only; ``real`` episodes
-    carry none). 0: off."""
+    carry none). 0: off. Measured with 1 (24 min, seed 0): 60.8% against 66.7% without; not adopted
+    (benchmarks/RESULTS.md)."""
     object_offset_points: int = 6
     """Extra points per image at which the object-offset loss is taught (besides the landing point)."""
     batch_size: int = 32
@@ -182,7 +185,8 @@ class TrainArgs:
     lr_final: float = 0.0
     """With a value > 0: the learning rate falls linearly from ``lr`` to this over ``lr_decay_steps``
     gradient steps, then stays (a function of the step count, so a resumed run continues it exactly).
-    0: a constant ``lr``."""
+    0: a constant ``lr``. Measured (3e-5 over 15k steps, 24 min, seed 0): 60.8% against 66.7% constant;
+    not adopted (benchmarks/RESULTS.md)."""
     lr_decay_steps: int = 15_000
     """Gradient steps over which the learning rate falls to ``lr_final``."""
     grad_clip: float = 10.0

@@ -289,8 +289,8 @@ class GraspEnv(gym.Env):
         has ``tool_pixel`` there (privileged: an auxiliary training label, never an input; also in ``info``)."""
         if not self.cell.object_bodies:
             return np.zeros((0, 2), np.float32)
-        boxes = np.array([self.client.getAABB(b) for b in self.cell.object_bodies])  # (N, 2, 3)
-        points = np.c_[boxes[:, :, :2].mean(axis=1), np.full(len(boxes), GRASP_POINT_HEIGHT)]
+        xy = np.array([self.cell.box_centre_xy(b) for b in self.cell.object_bodies])
+        points = np.c_[xy, np.full(len(xy), GRASP_POINT_HEIGHT)]
         return self.project(points).astype(np.float32)
 
     def commanded_point(self, action: np.ndarray) -> np.ndarray:

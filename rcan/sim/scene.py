@@ -103,6 +103,12 @@ class Cell:
     def object_poses(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
         return [self.client.getBasePositionAndOrientation(b) for b in self.object_bodies]
 
+    def box_centre_xy(self, body: int) -> np.ndarray:
+        """(2,): the x-y centre of ``body``'s bounding box, where an aimed grasp goes (the AABB's contact
+        margin pads every side alike, so the centre is exact)."""
+        lo, hi = (np.asarray(v) for v in self.client.getAABB(body))
+        return (lo[:2] + hi[:2]) / 2
+
     def object_min_z(self) -> np.ndarray:
         """Lowest point of each object's bounding box (what "held above a height" is measured on).
 

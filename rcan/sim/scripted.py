@@ -148,6 +148,5 @@ def wall_parallel_yaw(xy: np.ndarray, tray_half: tuple[float, float], divider_x:
 def oracle_grasp(cell, body: int) -> tuple[np.ndarray, float]:
     """A privileged aim at object ``body``: its bounding-box centre, with the fingers closing parallel
     to the nearest wall or the divider, so they do not land on it. For physics checks and baselines."""
-    lo, hi = (np.asarray(v) for v in cell.client.getAABB(body))
-    xy = (lo[:2] + hi[:2]) / 2
+    xy = cell.box_centre_xy(body)
     return xy, wall_parallel_yaw(xy, cell.config.tray_inner_half, cell.divider_x)

@@ -40,8 +40,8 @@ def log(msg: str) -> None:
 
 
 def bench_network(in_channels: int) -> dict[str, Any]:
+    from rcan.qtopt.args import make_args, network_config
     from rcan.qtopt.network import QNetwork, count_macs, count_parameters
-    from rcan.qtopt.train import make_args, network_config
 
     cfg = network_config(
         make_args(
@@ -62,8 +62,8 @@ def bench_network(in_channels: int) -> dict[str, Any]:
 
 def bench_cem(steps: int) -> dict[str, Any]:
     from rcan.qtopt.agent import QTOptPolicy
+    from rcan.qtopt.args import acting_cem, make_args, network_config
     from rcan.qtopt.network import QNetwork
-    from rcan.qtopt.train import acting_cem, make_args, network_config
 
     args = make_args("default")
     policy = QTOptPolicy(QNetwork(network_config(args)), acting_cem(args), "canonical", seed=0)
@@ -84,8 +84,9 @@ def bench_cem(steps: int) -> dict[str, Any]:
 
 
 def bench_grad(steps: int) -> dict[str, Any]:
+    from rcan.qtopt.args import make_args
     from rcan.qtopt.replay import EpisodeSteps
-    from rcan.qtopt.train import Trainer, make_args
+    from rcan.qtopt.train import Trainer
 
     args = make_args("default", out=os.devnull, scripted_capacity=2000, policy_capacity=2000)
     trainer = Trainer(args)
@@ -116,9 +117,9 @@ def bench_grad(steps: int) -> dict[str, Any]:
 
 
 def bench_collector(episodes: int) -> dict[str, Any]:
+    from rcan.qtopt.args import collector_config, make_args, network_config
     from rcan.qtopt.collectors import EpisodeRunner
     from rcan.qtopt.network import QNetwork
-    from rcan.qtopt.train import collector_config, make_args, network_config
 
     args = make_args("default", out=os.devnull)
     runner = EpisodeRunner(collector_config(args), seed=0)

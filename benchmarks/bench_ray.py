@@ -77,8 +77,8 @@ def _rate(coll: Any, kind: str, seconds: float) -> tuple[float, int]:
 
 def bench_collectors(backend: str, n: int, preset: str, seconds: float) -> dict[str, Any]:
     """Env steps/s of ``n`` collectors, scripted then policy episodes."""
+    from rcan.qtopt.args import collector_config, make_args, network_config
     from rcan.qtopt.network import QNetwork
-    from rcan.qtopt.train import collector_config, make_args, network_config
 
     args = make_args(preset, out=os.devnull, scripted_prob=0.0, eval_prob=0.0)
     t0 = time.perf_counter()
@@ -121,7 +121,8 @@ def _synthetic_fill(trainer: Any, steps: int, seed: int = 0) -> None:
 
 def bench_training(backend: str, n: int, preset: str, seconds: float, fill: int) -> dict[str, Any]:
     """Gradient steps/s and delivered env steps/s of ``Trainer.run`` with ``n`` collectors."""
-    from rcan.qtopt.train import Trainer, make_args
+    from rcan.qtopt.args import make_args
+    from rcan.qtopt.train import Trainer
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench_ray_run-"))
     try:

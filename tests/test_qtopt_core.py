@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rcan.qtopt.cem import CEMConfig, cem_maximize
+from rcan.qtopt.losses import bellman_targets, clipped_double_q_values
 from rcan.qtopt.network import QNetConfig, QNetwork, count_macs, count_parameters, random_shift
 from rcan.qtopt.replay import (
     EpisodeSteps,
@@ -19,7 +20,6 @@ from rcan.qtopt.replay import (
     padded_object_pixels,
     save_replays,
 )
-from rcan.qtopt.train import bellman_targets, clipped_double_q_values
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_global_pool_reads_a_finer_map_at_the_global_heads_cost() -> None:
 
 
 def test_learning_rate_falls_linearly_then_stays() -> None:
-    from rcan.qtopt.train import learning_rate, make_args
+    from rcan.qtopt.args import learning_rate, make_args
 
     constant = make_args("tiny")
     assert learning_rate(constant, 0) == learning_rate(constant, 10**6) == constant.lr
@@ -134,7 +134,7 @@ def test_learning_rate_falls_linearly_then_stays() -> None:
 def test_nearest_offsets_and_offset_points_by_hand() -> None:
     """Offsets point from each point to the nearest present grasp point, in cells, clipped; rows without
     objects give NaN; the sampled points are the landing point, some near objects and some anywhere."""
-    from rcan.qtopt.train import nearest_offsets, offset_points
+    from rcan.qtopt.losses import nearest_offsets, offset_points
 
     nan = float("nan")
     centres = torch.tensor([[[0.0, 0.0], [0.5, 0.5], [nan, nan]], [[nan, nan], [nan, nan], [nan, nan]]])
@@ -157,7 +157,7 @@ def test_nearest_offsets_and_offset_points_by_hand() -> None:
 
 def test_object_offset_loss_learns_and_skips_unlabelled_rows() -> None:
     """A few steps on one batch reduce the loss; a batch without labels costs nothing."""
-    from rcan.qtopt.train import object_offset_loss
+    from rcan.qtopt.losses import object_offset_loss
 
     torch.manual_seed(0)
     net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True, object_offsets=True))
@@ -183,7 +183,7 @@ def test_object_offset_loss_learns_and_skips_unlabelled_rows() -> None:
 def test_finger_loss_ignores_finger_order_and_missing_labels() -> None:
     """The fingers are interchangeable: a label that is the prediction with its fingers swapped costs
     nothing; unlabelled rows count for nothing; a few steps on one batch reduce the loss."""
-    from rcan.qtopt.train import finger_aux_loss
+    from rcan.qtopt.losses import finger_aux_loss
 
     torch.manual_seed(0)
     net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True, gripper_yaw=True, finger_readout=True))
@@ -221,7 +221,7 @@ def test_turn_yaw_vector_adds_the_angle() -> None:
 def test_gripper_yaw_learns_a_bar_angle() -> None:
     """The keypoint and yaw losses teach the network to find a bar and read its angle modulo 180 degrees,
     through random shifts, to within ~15 degrees on average."""
-    from rcan.qtopt.train import gripper_aux_loss, yaw_aux_loss
+    from rcan.qtopt.losses import gripper_aux_loss, yaw_aux_loss
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -292,7 +292,7 @@ def test_target_readout_only_reads_where_the_move_lands(levels: int) -> None:
 def test_target_readout_learns_where_a_move_takes_the_gripper() -> None:
     """With the keypoint's loss, the move loss alone teaches ``move_pixels`` where a move lands (here the
     marker moves by 0.2 image units per unit of dx and dy), through random shifts, to within half a cell."""
-    from rcan.qtopt.train import gripper_aux_loss, move_aux_loss
+    from rcan.qtopt.losses import gripper_aux_loss, move_aux_loss
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -356,7 +356,7 @@ def test_random_shift_reports_how_the_content_moved() -> None:
 def test_gripper_keypoint_learns_where_the_marker_is() -> None:
     """The auxiliary loss alone teaches the gripper keypoint to find a marker (to within a map cell),
     through random shifts whose movement the labels follow."""
-    from rcan.qtopt.train import gripper_aux_loss
+    from rcan.qtopt.losses import gripper_aux_loss
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

@@ -12,8 +12,9 @@ import torch
 from rcan.common.checkpoint import load_safetensors
 from rcan.qtopt import commands
 from rcan.qtopt.agent import load_agent
+from rcan.qtopt.args import STATE_FILE, make_args, resolve_args
 from rcan.qtopt.replay import load_replays
-from rcan.qtopt.train import STATE_FILE, Trainer, make_args, resolve_args
+from rcan.qtopt.train import Trainer
 
 
 def _cli_status(argv: list[str]) -> int:
@@ -91,7 +92,7 @@ def test_cli_errors(tmp_path) -> None:
     assert make_args("tiny", collectors=0).collectors == 0  # one collector inside the trainer
     # --set reaches every field, typed; bad names and values are one clear error.
     from rcan.common.presets import parse_settings
-    from rcan.qtopt.train import TrainArgs
+    from rcan.qtopt.args import TrainArgs
 
     got = parse_settings(TrainArgs, ["lr=1e-3", "channels=8,16", "coord-channels=false", "texture_dir=none"])
     assert got == {"lr": 1e-3, "channels": (8, 16), "coord_channels": False, "texture_dir": None}
@@ -181,7 +182,7 @@ def test_joint_finetuning_can_continue_the_training_run(tmp_path) -> None:
 
 
 def test_runs_saved_before_the_new_defaults_resume_as_they_were() -> None:
-    from rcan.qtopt.train import args_from_json, args_to_json
+    from rcan.qtopt.args import args_from_json, args_to_json
 
     d = json.loads(args_to_json(make_args("tiny")))
     for name in ("mc_lower_bound", "gripper_keypoint", "finetune_continue"):
@@ -192,7 +193,7 @@ def test_runs_saved_before_the_new_defaults_resume_as_they_were() -> None:
 
 
 def test_object_masks_shift_with_their_images() -> None:
-    from rcan.qtopt.train import shift_images
+    from rcan.qtopt.losses import shift_images
 
     gen = torch.Generator().manual_seed(0)
     masks = (torch.rand(6, 64, 64, generator=gen) > 0.7).to(torch.uint8)
@@ -204,7 +205,7 @@ def test_object_masks_shift_with_their_images() -> None:
 
 
 def test_object_map_auxiliary_loss_from_simulated_masks(tmp_path) -> None:
-    from rcan.qtopt.train import object_aux_loss
+    from rcan.qtopt.losses import object_aux_loss
 
     t = Trainer(make_args("tiny", out=str(tmp_path / "run"), collectors=0, object_aux_weight=1.0, seed=3))
     assert t.net.config.object_map

@@ -18,17 +18,11 @@ import torch
 
 from rcan.cli import main
 from rcan.data.collect import CollectConfig, collect
+from rcan.qtopt.args import collector_config, make_args, network_config, resolve_args, target_cem
 from rcan.qtopt.collectors import Episode
+from rcan.qtopt.losses import next_state_values
 from rcan.qtopt.replay import EpisodeSteps, ReplayBuffer, mixed_sample
-from rcan.qtopt.train import (
-    Trainer,
-    collector_config,
-    make_args,
-    network_config,
-    next_state_values,
-    resolve_args,
-    target_cem,
-)
+from rcan.qtopt.train import Trainer
 
 CONFIG = CollectConfig(samples=6, shard_size=3, seed=11, image_size=32)
 

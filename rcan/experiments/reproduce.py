@@ -188,7 +188,8 @@ def _train_overrides(args: ReproduceArgs, agent: str, generator: str) -> dict[st
 
 def _run_training(run: Path, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume) one run to its budget; returns the trainer's summary."""
-    from rcan.qtopt.train import STATE_FILE, resolve_args, train
+    from rcan.qtopt.args import STATE_FILE, resolve_args
+    from rcan.qtopt.train import train
 
     resume = (run / STATE_FILE).is_file()
     return train(resolve_args(str(run), preset, resume, overrides))

@@ -113,7 +113,8 @@ def register(sub: Any) -> None:
 
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
-    from rcan.qtopt.train import resolve_args, train
+    from rcan.qtopt.args import resolve_args
+    from rcan.qtopt.train import train
 
     overrides = {
         "input": args.input,
@@ -130,7 +131,7 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         "real_domain": args.real_domain,
     }
     from rcan.common.presets import parse_settings
-    from rcan.qtopt.train import TrainArgs
+    from rcan.qtopt.args import TrainArgs
 
     overrides.update(parse_settings(TrainArgs, args.set))
     targs = resolve_args(args.out, args.preset, args.resume, overrides)

@@ -39,8 +39,8 @@ from rcan.qtopt.replay import (
 )
 
 if TYPE_CHECKING:
+    from rcan.qtopt.args import TrainArgs
     from rcan.qtopt.collectors import CollectorConfig, Episode
-    from rcan.qtopt.train import TrainArgs
 
 BACKENDS = ("local", "ray")
 RAY_INSTALL_HINT = "--backend ray needs Ray, which is not installed: pip install 'rcan[ray]'"
@@ -324,7 +324,7 @@ class BellmanActor:
         """The batch without its next-state fields, plus ``next_values`` (0 where there is no bootstrap)."""
         import torch
 
-        from rcan.qtopt.train import next_state_values
+        from rcan.qtopt.losses import next_state_values
 
         tb = {k: torch.from_numpy(np.array(v)) for k, v in batch.items()}
         gen = torch.Generator().manual_seed(int(seed))
@@ -348,7 +348,7 @@ class RayReplay:
     ) -> None:
         import dataclasses
 
-        from rcan.qtopt.train import network_config, target_cem
+        from rcan.qtopt.args import network_config, target_cem
 
         self._ray = ray = import_ray()
         self._started = start_ray(args.address, num_cpus=args.collectors + bellman_actors)

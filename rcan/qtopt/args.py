@@ -1,0 +1,490 @@
+"""The arguments of a QT-Opt run (``TrainArgs``, presets, validation, resume rules) and what they build:
+the network's and CEM's configs and the collectors. The names of a run directory's files live here too, so
+that reading a run's arguments (``resolve_args``) does not need the trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rcan.common.checkpoint import read_metadata
+from rcan.common.presets import from_preset
+from rcan.qtopt.agent import check_input_mode, image_channels
+from rcan.qtopt.cem import CEMConfig
+from rcan.qtopt.collectors import Collector, CollectorConfig, InlineCollectors, LocalCollectors
+from rcan.qtopt.network import QNetConfig
+
+STATE_FILE = "train_state.safetensors"
+STATE_FORMAT = "rcan.qtopt_train_state"
+CONFIG_FILE = "config.json"
+PROGRESS_FILE = "progress.jsonl"
+EPISODES_FILE = "episodes.jsonl"
+WINDOW = 100
+"""Episodes in the "recent" success rates."""
+
+
+@dataclass
+class TrainArgs:
+    """Arguments of ``rcan train-agent``. Defaults are the ``default`` preset (64x64, 2 hours on 2 cores)."""
+
+    input: str = "canonical"
+    """Input mode: canonical, mild, medium, heavy (that domain's images) or rcan (concat(G(x), x), x heavy)."""
+    out: str = "runs/agent"
+    """Run directory (config, TensorBoard logs, checkpoints, replay)."""
+    preset: str = "default"
+    """Name of the preset these arguments started from (tiny, default, paper); informational."""
+    resume: bool = False
+    """Continue the run in ``out`` from its checkpoint (required if ``out`` exists)."""
+    generator: str | None = None
+    """Generator run directory or file for ``--input rcan`` (frozen; runs in the collector processes)."""
+    seed: int = 0
+    """Seeds weight init, sampling, augmentation and the collectors' envs."""
+    collectors: int = 1
+    """Collector processes (each one env). With 2 cores, 1 collector + the trainer keeps both busy. 0: one
+    collector inside the trainer's process, taking turns with it (tests, tiny runs, debugging)."""
+    env_steps: int = 250_000
+    """Stop once this many env steps have been collected (on resume: may be raised to train further)."""
+    minutes: float = 120.0
+    """Stop after this much training wall-clock time, summed over resumes (0: no limit)."""
+    image_size: int = 64
+    """Env image side in pixels."""
+    num_objects: int = 5
+    """Objects per tray during training."""
+    texture_dir: str | None = None
+    """Folder of textures for the randomized domains (default: procedural textures)."""
+    channels: tuple[int, ...] = (16, 32, 32)
+    """Image tower widths (see ``QNetConfig``)."""
+    strides: tuple[int, ...] = (2, 2, 2)
+    """Image tower strides."""
+    fuse_channels: int = 16
+    """Channels of the fused feature map."""
+    head_channels: int = 16
+    """Per-candidate 1x1 conv width."""
+    fc_hidden: int = 64
+    """Final FC width."""
+    coord_channels: bool = True
+    """Coordinate channels at the input and at the fusion (for learning where to grasp)."""
+    keypoints: int = 0
+    """Spatial-softmax keypoints fed to the action/state embedding (see ``QNetConfig``; 0: off)."""
+    gripper_keypoint: bool = True
+    """Locate the gripper in the image and give every cell of the fused map its offset from it (see
+    ``QNetConfig.gripper_keypoint``), so aiming becomes a local comparison. With ``mc_lower_bound``: 42.2%
+    after 25 minutes against 32.4% without it and 31.4% with neither after 53 (benchmarks/RESULTS.md)."""
+    gripper_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the gripper keypoint where the fingertips are (squared
+    error in units of feature-map cells; labels from the simulator, stored in the replay; rows without a
+    label are skipped). Only with ``gripper_keypoint``."""
+    target_readout: bool = True
+    """Also read the image where each move takes the gripper (``QNetConfig.target_readout``): a local head,
+    the same at every place, adds its logit to the global one. Needs ``gripper_keypoint``. With
+    ``scripted_aim_prob=0.5``: 66.7% [57.1, 75.1] after 24 min, the first agent that aims (its training log: closes 3.1-3.3
+    cm from an object's centre vs 5-7 cm), against 32-48% without (benchmarks/RESULTS.md)."""
+    readout_levels: int = 1
+    """How many finer tower maps the target read-out samples (``QNetConfig.readout_levels``): 1 = the
+    stride-4 map, 2 = also the stride-2 map (finer detail where the fingers close). Measured with 2: 59.8%
+    after 24 min (seed 0), ~25% fewer gradient steps, no closer aim; not adopted."""
+    move_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the target read-out where a move takes the gripper
+    (squared error in fused-map cells against where the simulator shows the fingertips after the step,
+    moved with the image's random shift; the last step of an episode has no label). Only with
+    ``target_readout``."""
+    gripper_yaw: bool = False
+    """Read the gripper's yaw from the image and give the read-out the yaw each candidate closes at
+    (``QNetConfig.gripper_yaw``; labels from the simulator, training only). Needs ``target_readout``.
+    After 24 min (seed 0): 57.8% against 66.7% without; ~20% fewer gradient steps (benchmarks/RESULTS.md)."""
+    yaw_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the yaw read-out (squared error of the (cos 2 psi,
+    sin 2 psi) vector; rows without a label are skipped). Only with ``gripper_yaw``."""
+    finger_readout: bool = False
+    """Also read the image where each move puts the two fingertips (``QNetConfig.finger_readout``; labels
+    from the simulator, training only). Needs ``gripper_yaw``. After 24 min (seed 0): 44.1%, slower to
+    learn (9 against 13 gradient steps/s); its plateau is not measured (benchmarks/RESULTS.md)."""
+    finger_aux_weight: float = 1.0
+    """Weight of the auxiliary loss that teaches the finger read-out where the fingertips land (squared
+    error in fused-map cells of the predicted half-span, the fingers in either order; rows without a label
+    are skipped). Only with ``finger_readout``."""
+    object_aux_weight: float = 0.0
+    """Weight of an auxiliary loss that teaches the fused map which cells show an object (cross-entropy
+    against the fraction of each cell's pixels that the simulator's segmentation marks as object, moved
+    with the image's random shift; ``QNetConfig.object_map``). The collectors then record object masks
+    (bit-packed, in the replay) for simulated episodes; never for ``real`` ones. 0: off."""
+    global_pool: int = 1
+    """Average-pool the fused map by this factor for the global head only (``QNetConfig.global_pool``):
+    with ``strides=2,2,1`` and 2, a 16x16 map for the read-out at the global head's 8x8 cost. Measured
+    with object offsets (24 min, seed 0): 56.9%, its object read-out finer (2.2 against 3.1 px) but its
+    aim no closer; not adopted (benchmarks/RESULTS.md)."""
+    object_offset_weight: float = 0.0
+    """Weight of an auxiliary loss that teaches the read-out the offset from a point to the nearest
+    object's grasp point (``QNetConfig.object_offsets``, which this turns on; needs ``target_readout``):
+    squared error in fused-map cells, labels clipped to ``OFFSET_RANGE``, at each transition's landing
+    point and at ``object_offset_points`` more points (half around random objects, half anywhere), all
+    moved with the image's random shift; labels from the simulator (training only; ``real`` episodes
+    carry none). 0: off. Measured with 1 (24 min, seed 0): 60.8% against 66.7% without; not adopted
+    (benchmarks/RESULTS.md)."""
+    object_offset_points: int = 6
+    """Extra points per image at which the object-offset loss is taught (besides the landing point)."""
+    batch_size: int = 32
+    """Transitions per gradient step."""
+    lr: float = 3e-4
+    """Adam learning rate (the first, with ``lr_final``)."""
+    lr_final: float = 0.0
+    """With a value > 0: the learning rate falls linearly from ``lr`` to this over ``lr_decay_steps``
+    gradient steps, then stays (a function of the step count, so a resumed run continues it exactly).
+    0: a constant ``lr``. Measured (3e-5 over 15k steps, 24 min, seed 0): 60.8% against 66.7% constant;
+    not adopted (benchmarks/RESULTS.md)."""
+    lr_decay_steps: int = 15_000
+    """Gradient steps over which the learning rate falls to ``lr_final``."""
+    grad_clip: float = 10.0
+    """Gradient norm clip (0: off)."""
+    gamma: float = 0.9
+    """Discount."""
+    reward_offset: float = 0.05
+    """Added to every env reward before learning. The env pays -0.05 per step; with a sigmoid Q, targets
+    below 0 are clipped, so early in an episode almost every target would be 0 and actions would be
+    indistinguishable (the NOTES' first probe had Q far below the true returns). With 0.05 the learned reward
+    is 1 for a success and 0 otherwise, and gamma still rewards fast grasps."""
+    n_step: int = 3
+    """n-step returns (shorter credit paths from the final grasp back to the aim)."""
+    mc_lower_bound: bool = True
+    """Floor each target at the transition's Monte-Carlo return (the episode's discounted return from that
+    step on): y = max(y_TD, G_t). Q*(s, a) >= Q^pi(s, a) for the policy that collected the data, so a
+    successful episode labels the moves that led to its grasp at once, instead of through many rounds of
+    bootstrapping from target networks that start out knowing nothing. Optimistic where success is luck."""
+    tau: float = 0.005
+    """Polyak rate of the first target network."""
+    lag_every: int = 1000
+    """Gradient steps between copies of the Polyak target into the second (lagged) target network."""
+    cem_samples: int = 64
+    """CEM candidates per iteration when acting."""
+    cem_elites: int = 6
+    """CEM elites when acting."""
+    cem_iterations: int = 2
+    """CEM iterations when acting."""
+    target_cem_samples: int = 32
+    """CEM candidates per iteration for V(s'): the per-candidate head dominates a gradient step's cost, and
+    32 x 2 halves it against 64 x 2 (measured; the paper's value is affordable with more cores)."""
+    target_cem_iterations: int = 2
+    """CEM iterations for V(s')."""
+    utd: float = 1.0
+    """At most this many gradient steps per collected env step (an upper bound: if the collectors are
+    faster than the trainer, the ratio is lower; ``progress.jsonl`` logs the actual one)."""
+    learning_starts: int = 3000
+    """Env steps of scripted exploration before the first gradient step and the first on-policy episode."""
+    scripted_capacity: int = 100_000
+    """Slots (env steps) of the scripted-exploration replay buffer."""
+    policy_capacity: int = 150_000
+    """Slots of the on-policy replay buffer."""
+    online_fraction: float = 0.5
+    """Fraction of each batch drawn from the on-policy buffer (QT-Opt's ~50/50 mix)."""
+    scripted_prob: float = 0.3
+    """Fraction of episodes after ``learning_starts`` run by the scripted policy (none in joint finetuning,
+    which learns from on-policy episodes only)."""
+    scripted_aim_prob: float = 0.5
+    """Beyond the paper, simulation only: the share of scripted episodes aimed at a random object's centre
+    (privileged object positions, 1 cm noise, random yaw) instead of a random point (see
+    ``rcan.sim.scripted``). The agent never sees positions; this only changes which grasps fill the replay.
+    Alone it did not help (35.3% after 24 min, inside the seed spread); with ``target_readout``: 66.7%."""
+    scripted_wall_yaw_prob: float = 0.0
+    """Beyond the paper, simulation only: the share of aimed scripted grasps whose yaw closes the fingers
+    parallel to the nearest wall or the divider (privileged; the oracle's yaw: 80% success against 71%
+    with a random yaw for the scripted policy alone) instead of a random yaw, so the replay holds grasps
+    at good and bad yaws next to each other (see ``rcan.sim.scripted``). Measured with 0.5 after 24 min:
+    70.6% (seed 0) and 57.8% (seed 1), against 66.7% and 62.7% for the default; not adopted."""
+    scripted_retry_prob: float = 0.0
+    """Beyond the paper, simulation only: after a scripted grasp's lift, if the fingers touch no object
+    (privileged), reopen and go for another goal with this probability while 6 or more steps remain (see
+    ``rcan.sim.scripted``). Without it the replay never shows an empty grasp followed by a reopening, so
+    the agent cannot learn QT-Opt's retries: every agent so far closes once and terminates. Measured with 1:
+    61.8% after 24 min (seed 0), and the agent reopened in only 5 of 102 attempts; not adopted."""
+    eval_prob: float = 0.1
+    """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
+    noise_std: float = 0.3
+    """Exploration noise on dx, dy, dz, dyaw in on-policy episodes."""
+    aug_pad: int = 4
+    """DrQ random shift in pixels (0: off). 2 pixels: 56.9% after 24 min against 66.7% (seed 0)."""
+    push_every: int = 200
+    """Gradient steps between weight pushes to the collectors."""
+    log_every: int = 200
+    """Gradient steps between TensorBoard/progress logs."""
+    checkpoint_minutes: float = 10.0
+    """Minutes between checkpoints (and one at the end, and on Ctrl-C/SIGTERM)."""
+    threads: int = 1
+    """torch threads of the trainer (the collectors use one each)."""
+    backend: str = "local"
+    """local: collector processes, replay and targets in this machine's processes; ray: collectors, replay and
+    Bellman targets as Ray actors (``pip install 'rcan[ray]'``; see ``rcan.qtopt.ray_backend``)."""
+    address: str | None = None
+    """With ``backend="ray"``: the Ray cluster to join (``auto``, ``HOST:PORT``); default: start a local Ray."""
+    finetune_from: str | None = None
+    """Joint finetuning (paper 4.3): start from this trained agent (run directory or agent file: its weights
+    become the online and both target networks; fresh optimizer and replay) and learn from on-policy episodes
+    in ``real_domain`` mixed with simulated on-policy ones. Use with ``real_episodes``."""
+    real_episodes: int = 0
+    """Joint finetuning: stop once this many on-policy episodes in ``real_domain`` (the budget of "real"
+    grasps) have been collected (on resume: may be raised to finetune further). 0: ordinary training."""
+    real_domain: str = "real"
+    """The visual domain that stands in for the real world during joint finetuning."""
+    real_fraction: float = 0.5
+    """Joint finetuning: the fraction of episodes run in ``real_domain`` (the rest are simulated on-policy
+    episodes in the training domain) and of each batch drawn from them."""
+    finetune_continue: bool = False
+    """Joint finetuning from a run directory: carry on that run's training instead of restarting it: its
+    online and both target networks, its optimizer state and its simulated replay (scripted and on-policy),
+    so the simulated half of each batch draws on all the agent learned from, not only on a few fresh
+    episodes, and the first updates are not a fresh Adam's full-size steps (off: the agent's weights only,
+    fresh optimizer and replay)."""
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds: a few dozen env steps, a tiny network, for tests.
+    "tiny": {
+        "env_steps": 60,
+        "minutes": 0.0,
+        "channels": (8, 8),
+        "strides": (4, 2),
+        "fuse_channels": 8,
+        "head_channels": 4,
+        "fc_hidden": 8,
+        "batch_size": 8,
+        "cem_samples": 16,
+        "cem_elites": 4,
+        "cem_iterations": 1,
+        "target_cem_samples": 8,
+        "target_cem_iterations": 1,
+        "learning_starts": 20,
+        "scripted_capacity": 400,
+        "policy_capacity": 400,
+        "eval_prob": 0.0,
+        "utd": 0.5,
+        "push_every": 5,
+        "log_every": 5,
+        "lag_every": 10,
+    },
+    "default": {},
+    # The paper's camera resolution and QT-Opt's widths and CEM; for a machine with many cores and RAM.
+    "paper": {
+        "image_size": 472,
+        "channels": (64, 64, 64, 64, 64),
+        "strides": (2, 2, 2, 2, 2),
+        "fuse_channels": 64,
+        "head_channels": 64,
+        "fc_hidden": 64,
+        "lr": 1e-4,
+        "target_cem_samples": 64,
+        "collectors": 8,
+        "env_steps": 10_000_000,
+        "minutes": 0.0,
+        # 472x472x3 bytes per slot: 20k slots are 13 GB of RAM.
+        "scripted_capacity": 5_000,
+        "policy_capacity": 15_000,
+        "threads": 0,
+    },
+}
+
+RESUMABLE = frozenset(
+    {
+        "out",
+        "resume",
+        "env_steps",
+        "minutes",
+        "collectors",
+        "log_every",
+        "checkpoint_minutes",
+        "threads",
+        "generator",
+        "backend",
+        "address",
+        "real_episodes",
+    }
+)
+"""Fields that may change on resume (they do not change what the saved state means)."""
+
+
+def make_args(preset: str = "default", **overrides: Any) -> TrainArgs:
+    """TrainArgs for a preset with keyword overrides (unknown names raise ValueError)."""
+    return _validated(from_preset(TrainArgs, PRESETS, preset, overrides))
+
+
+def resolve_args(out: str, preset: str | None, resume: bool, overrides: Mapping[str, Any]) -> TrainArgs:
+    """Arguments for a CLI call: on ``--resume``, the run's saved arguments with the allowed overrides;
+    otherwise the preset's. Raises ValueError/FileNotFoundError with one clear message."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    run = Path(out)
+    if resume:
+        state = run / STATE_FILE
+        if not state.is_file():
+            raise FileNotFoundError(f"nothing to resume: {state} does not exist")
+        saved = args_from_json(_read_state_meta(state)["args"])
+        if preset is not None and preset != saved.preset:
+            raise ValueError(f"{out} was trained with --preset {saved.preset}, not {preset}")
+        for key, value in overrides.items():
+            if key not in RESUMABLE and value != getattr(saved, key):
+                raise ValueError(
+                    f"{out} was trained with {key}={getattr(saved, key)!r}; cannot change it on resume"
+                )
+        return _validated(dataclasses.replace(saved, out=out, resume=True, **overrides))
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise ValueError(f"{out} already exists; pass --resume to continue it or choose a new --out")
+    return make_args(preset or "default", out=out, resume=False, **overrides)
+
+
+def _validated(args: TrainArgs) -> TrainArgs:
+    check_input_mode(args.input)
+    if args.input == "rcan" and not args.generator:
+        raise ValueError("--input rcan needs --generator (a trained generator run or file)")
+    if args.input != "rcan" and args.generator:
+        raise ValueError(f"--generator is only for --input rcan, not {args.input}")
+    for name in ("env_steps", "batch_size", "n_step", "image_size", "num_objects"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
+    if args.collectors < (1 if args.backend == "ray" else 0):
+        raise ValueError(f"collectors must be >= 1 (or 0: in the trainer's process, local), got {args.collectors}")
+    if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:
+        raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
+    for name in ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
+    if args.finger_readout and not args.gripper_yaw:
+        raise ValueError("finger_readout needs gripper_yaw (the fingers' direction comes from the read yaw)")
+    if args.gripper_yaw and not args.target_readout:
+        raise ValueError("gripper_yaw needs target_readout (the read-out's local head uses the yaw)")
+    if args.target_readout and not args.gripper_keypoint:
+        raise ValueError("target_readout needs gripper_keypoint (the read-out starts from the located gripper)")
+    if args.lr <= 0 or args.lr_final < 0 or args.lr_decay_steps < 1:
+        raise ValueError("lr must be > 0, lr_final >= 0 and lr_decay_steps >= 1")
+    if args.object_offset_weight < 0 or args.object_offset_points < 0:
+        raise ValueError("object_offset_weight and object_offset_points must be >= 0")
+    if args.object_offset_weight > 0 and not args.target_readout:
+        raise ValueError("object_offset_weight needs target_readout (offsets are read where the read-out looks)")
+    if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
+        raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")
+    if bool(args.finetune_from) != (args.real_episodes > 0):
+        raise ValueError("joint finetuning needs both finetune_from (a trained agent) and real_episodes > 0")
+    if args.finetune_continue and not args.finetune_from:
+        raise ValueError("finetune_continue is for joint finetuning (with finetune_from)")
+    if args.finetune_from:
+        from rcan.sim.domains import DOMAINS
+
+        if args.real_domain not in DOMAINS:
+            raise ValueError(f"unknown real_domain {args.real_domain!r}; choose one of {', '.join(DOMAINS)}")
+        if args.eval_prob + args.real_fraction > 1.0:
+            raise ValueError("joint finetuning needs eval_prob + real_fraction <= 1")
+    from rcan.qtopt.ray_backend import check_backend
+
+    if args.backend == "local" and args.address:  # e.g. a Ray run resumed with --backend local
+        args = dataclasses.replace(args, address=None)
+    check_backend(args.backend, args.address)  # a missing Ray is reported here, before any work
+    return args
+
+
+def args_to_json(args: TrainArgs) -> str:
+    return json.dumps(dataclasses.asdict(args), sort_keys=True)
+
+
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "mc_lower_bound": False,
+    "gripper_keypoint": False,
+    "finetune_continue": False,
+    "target_readout": False,
+    "scripted_aim_prob": 0.0,
+    "gripper_yaw": False,
+    "finger_readout": False,
+}
+"""Values of fields added after runs were saved without them: what those runs did (the defaults changed)."""
+
+
+def args_from_json(text: str) -> TrainArgs:
+    d = json.loads(text)
+    names = {f.name for f in dataclasses.fields(TrainArgs)}
+    d = {k: v for k, v in d.items() if k in names}
+    for k, v in LEGACY_DEFAULTS.items():
+        d.setdefault(k, v)
+    for key in ("channels", "strides"):
+        if key in d:
+            d[key] = tuple(d[key])
+    return TrainArgs(**d)
+
+
+def _read_state_meta(state: Path) -> dict[str, str]:
+    meta = read_metadata(state)
+    if meta.get("format") != STATE_FORMAT or "args" not in meta:
+        raise ValueError(f"{state} is not an rcan agent training state")
+    return meta
+
+
+def network_config(args: TrainArgs) -> QNetConfig:
+    return QNetConfig(
+        in_channels=image_channels(args.input),
+        image_size=args.image_size,
+        channels=tuple(args.channels),
+        strides=tuple(args.strides),
+        fuse_channels=args.fuse_channels,
+        head_channels=args.head_channels,
+        fc_hidden=args.fc_hidden,
+        coord_channels=args.coord_channels,
+        keypoints=args.keypoints,
+        gripper_keypoint=args.gripper_keypoint,
+        object_map=args.object_aux_weight > 0,
+        target_readout=args.target_readout,
+        readout_levels=args.readout_levels,
+        gripper_yaw=args.gripper_yaw,
+        finger_readout=args.finger_readout,
+        object_offsets=args.object_offset_weight > 0,
+        global_pool=args.global_pool,
+    )
+
+
+def acting_cem(args: TrainArgs) -> CEMConfig:
+    return CEMConfig(args.cem_samples, args.cem_elites, args.cem_iterations)
+
+
+def target_cem(args: TrainArgs) -> CEMConfig:
+    return CEMConfig(
+        args.target_cem_samples, min(args.cem_elites, args.target_cem_samples), args.target_cem_iterations
+    )
+
+
+def collector_config(a: TrainArgs) -> CollectorConfig:
+    """What each collector process needs to build its env and policy."""
+    return CollectorConfig(
+        input_mode=a.input,
+        image_size=a.image_size,
+        num_objects=a.num_objects,
+        texture_dir=a.texture_dir,
+        generator=str(a.generator) if a.generator else None,
+        network=network_config(a).to_json(),
+        cem=dataclasses.asdict(acting_cem(a)),
+        scripted_prob=0.0 if a.finetune_from else a.scripted_prob,
+        scripted_aim_prob=a.scripted_aim_prob,
+        scripted_retry_prob=a.scripted_retry_prob,
+        scripted_wall_yaw_prob=a.scripted_wall_yaw_prob,
+        eval_prob=a.eval_prob,
+        noise_std=a.noise_std,
+        real_prob=a.real_fraction if a.finetune_from else 0.0,
+        real_domain=a.real_domain,
+        object_labels=a.object_aux_weight > 0,
+    )
+
+
+def make_collectors(a: TrainArgs, seed: int) -> Collector:
+    """The run's collectors on its backend: local processes, or Ray actors (Ray connected by the trainer)."""
+    if a.backend == "ray":
+        from rcan.qtopt.ray_backend import RayCollectors
+
+        return RayCollectors(a.collectors, collector_config(a), seed)
+    if a.collectors == 0:
+        return InlineCollectors(collector_config(a), seed)
+    return LocalCollectors(a.collectors, collector_config(a), seed)
+
+
+def learning_rate(args: TrainArgs, grad_steps: int) -> float:
+    """The learning rate of gradient step ``grad_steps`` (0-based): ``lr``, or its linear fall to
+    ``lr_final`` over ``lr_decay_steps`` steps."""
+    if args.lr_final <= 0:
+        return args.lr
+    frac = min(1.0, grad_steps / args.lr_decay_steps)
+    return args.lr + (args.lr_final - args.lr) * frac

@@ -104,6 +104,23 @@ def test_cli_errors(tmp_path) -> None:
         _cli(["train-agent", "--out", str(tmp_path / "r"), "--input", "sepia"])
 
 
+def test_the_camera_is_checked_and_travels_with_the_agent(tmp_path) -> None:
+    """A run's camera is validated, recorded in its agent file, and used by the evaluation of that agent."""
+    from rcan.qtopt.evaluate import run_evaluation
+
+    with pytest.raises(ValueError, match="unknown camera"):
+        make_args("tiny", camera="fisheye")
+    with pytest.raises(ValueError, match="camera=wide"):
+        make_args("tiny", input="rcan", generator="g.safetensors", camera="tray")
+    run = tmp_path / "run"
+    Trainer(make_args("tiny", out=str(run), camera="tray", seed=1)).run()
+    assert load_agent(run).camera == "tray"
+    result = run_evaluation(str(run), "canonical", attempts=1, out=str(tmp_path / "eval"))
+    assert result["camera"] == "tray"
+    with pytest.raises(ValueError, match="camera=tray"):
+        Trainer(make_args("tiny", out=str(tmp_path / "ft"), finetune_from=str(run), real_episodes=2))
+
+
 def test_resume_refuses_trajectory_changes(tmp_path) -> None:
     run = tmp_path / "run"
     Trainer(make_args("tiny", out=str(run))).save_checkpoint()

@@ -74,6 +74,7 @@ class QTOptPolicy:
         input_mode: str = "canonical",
         generator: nn.Module | None = None,
         seed: int = 0,
+        camera: str = "wide",
     ) -> None:
         check_input_mode(input_mode)
         if network.config.in_channels != image_channels(input_mode):
@@ -87,6 +88,8 @@ class QTOptPolicy:
         self.cem = cem or CEMConfig()
         self.input_mode = input_mode
         self.generator = generator
+        self.camera = camera
+        """The env camera the agent was trained with (``rcan.sim.renderer.CAMERAS``)."""
         self.torch_rng = torch.Generator().manual_seed(seed)
 
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
@@ -170,7 +173,7 @@ def load_agent(
     gen_model = None
     if mode == "rcan":
         gen_model = _resolve_generator(resolve_agent_path(path), generator, metadata)
-    return QTOptPolicy(net, cem, mode, gen_model, seed=seed)
+    return QTOptPolicy(net, cem, mode, gen_model, seed=seed, camera=metadata.get("camera", "wide"))
 
 
 def _resolve_generator(agent: Path, generator: Any, metadata: Mapping[str, str]) -> nn.Module:

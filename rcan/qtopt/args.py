@@ -52,6 +52,11 @@ class TrainArgs:
     """Stop after this much training wall-clock time, summed over resumes (0: no limit)."""
     image_size: int = 64
     """Env image side in pixels."""
+    camera: str = "wide"
+    """The env's camera (``rcan.sim.renderer.CAMERAS``): ``wide`` (the whole cell; what the shipped generator
+    was trained on, so the only choice for ``--input rcan``) or ``tray`` (the same pose zoomed onto the tray:
+    1.8x the pixels on the tray for the same image size). Recorded in the agent file, so ``rcan evaluate``
+    uses the camera the agent was trained with."""
     num_objects: int = 5
     """Objects per tray during training."""
     texture_dir: str | None = None
@@ -366,6 +371,12 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("joint finetuning needs both finetune_from (a trained agent) and real_episodes > 0")
     if args.finetune_continue and not args.finetune_from:
         raise ValueError("finetune_continue is for joint finetuning (with finetune_from)")
+    from rcan.sim.renderer import CAMERAS
+
+    if args.camera not in CAMERAS:
+        raise ValueError(f"unknown camera {args.camera!r}; choose one of {', '.join(CAMERAS)}")
+    if args.input == "rcan" and args.camera != "wide":
+        raise ValueError("--input rcan needs camera=wide (the view the generators are trained on)")
     if args.finetune_from:
         from rcan.sim.domains import DOMAINS
 
@@ -453,6 +464,7 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
     return CollectorConfig(
         input_mode=a.input,
         image_size=a.image_size,
+        camera=a.camera,
         num_objects=a.num_objects,
         texture_dir=a.texture_dir,
         generator=str(a.generator) if a.generator else None,

@@ -103,6 +103,8 @@ class CollectorConfig:
 
     input_mode: str = "canonical"
     image_size: int = 64
+    camera: str = "wide"
+    """The env's camera (a name in ``rcan.sim.renderer.CAMERAS``)."""
     num_objects: int = 5
     texture_dir: str | None = None
     generator: str | None = None
@@ -275,6 +277,7 @@ class EpisodeRunner:
         self.env_kwargs = {
             "domain": env_domain(config.input_mode),
             "image_size": config.image_size,
+            "camera": config.camera,
             "num_objects": config.num_objects,
             "texture_dir": config.texture_dir,
         }

@@ -49,14 +49,21 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return lo, hi
 
 
-def make_eval_env(domain: str, seed: int, image_size: int = 64, texture_dir: str | None = None) -> Any:
+def make_eval_env(
+    domain: str, seed: int, image_size: int = 64, texture_dir: str | None = None, camera: str = "wide"
+) -> Any:
     """A GraspEnv whose every reset re-drops the same 5 or 6 test objects (chosen by ``seed``)."""
     from rcan.sim.grasp_env import GraspEnv
 
     rng = np.random.default_rng([seed, 5])
     n = int(rng.integers(5, 7))
     env = GraspEnv(
-        domain=domain, image_size=image_size, object_split="test", num_objects=n, texture_dir=texture_dir
+        domain=domain,
+        image_size=image_size,
+        object_split="test",
+        num_objects=n,
+        texture_dir=texture_dir,
+        camera=camera,
     )
     chosen = rng.choice(len(env.objects), size=n, replace=False)
     # GraspEnv draws num_objects of env.objects without replacement when it has enough: with exactly the
@@ -73,6 +80,7 @@ def evaluate_policy(
     image_size: int = 64,
     texture_dir: str | None = None,
     strip_attempts: int = 4,
+    camera: str = "wide",
 ) -> dict[str, Any]:
     """Run the protocol; ``policy`` has ``reset(info)`` and ``act(obs, info)``. Returns the result dict
     plus ``frames`` (list of per-attempt frame lists) for the first ``strip_attempts`` attempts and
@@ -80,7 +88,7 @@ def evaluate_policy(
     coordinates; for :func:`save_closing_sheet`)."""
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
-    env = make_eval_env(domain, seed, image_size, texture_dir)
+    env = make_eval_env(domain, seed, image_size, texture_dir, camera)
     rng = np.random.default_rng([seed, 6])
     per_attempt: list[dict[str, Any]] = []
     frames: list[list[np.ndarray]] = []
@@ -261,13 +269,21 @@ def run_evaluation(
     path = resolve_agent_path(agent)
     policy = load_agent(path, generator=generator, cem=cem, seed=seed)
     result = evaluate_policy(
-        policy, domain, attempts, seed, image_size=policy.network.config.image_size, texture_dir=texture_dir
+        policy,
+        domain,
+        attempts,
+        seed,
+        image_size=policy.network.config.image_size,
+        texture_dir=texture_dir,
+        camera=policy.camera,
     )
     frames = result.pop("frames")
     closings = result.pop("closings")
     out_dir = Path(out) if out else Path("eval") / f"{path.parent.name}-{domain}-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    result.update({"agent": str(path), "input_mode": policy.input_mode, "texture_dir": texture_dir})
+    result.update(
+        {"agent": str(path), "input_mode": policy.input_mode, "camera": policy.camera, "texture_dir": texture_dir}
+    )
     c = policy.cem
     result["cem"] = {"samples": c.samples, "elites": c.elites, "iterations": c.iterations}
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])

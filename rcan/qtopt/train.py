@@ -150,6 +150,8 @@ class Trainer:
             self._continue_run(Path(agent))
             return
         net, meta = load_network(agent)
+        if meta.get("camera", "wide") != self.args.camera:
+            raise ValueError(f"{agent} was trained with camera={meta.get('camera', 'wide')}, not {self.args.camera}")
         if net.config != self.net.config or meta.get("input_mode") != self.args.input:
             raise ValueError(
                 f"{agent} is a {meta.get('input_mode')!r} agent with another network; cannot finetune it as "
@@ -165,6 +167,8 @@ class Trainer:
             raise ValueError(f"finetune_continue needs a training run directory with {STATE_FILE}; got {run}")
         tensors, meta = load_safetensors(state, expect_format=STATE_FORMAT)
         source_args = args_from_json(meta["args"])
+        if source_args.camera != self.args.camera:
+            raise ValueError(f"{run} was trained with camera={source_args.camera}, not {self.args.camera}")
         if network_config(source_args) != network_config(self.args) or source_args.input != self.args.input:
             raise ValueError(
                 f"{run} trained a {source_args.input!r} agent with another network; cannot finetune it as "
@@ -394,6 +398,7 @@ class Trainer:
             "env_steps": str(self.env_steps),
             "episodes": json.dumps(self.counts),
             "args": args_to_json(self.args),
+            "camera": self.args.camera,
         }
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())

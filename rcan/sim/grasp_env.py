@@ -7,7 +7,8 @@ terminates, or the step limit is reached, the gripper lifts; the episode is a su
 held above ``success_height`` (object's lowest point, metres above the tray bottom).
 
 Observation (dict): ``image`` uint8 HxWx3 from a fixed over-the-shoulder camera in the env's visual
-domain; ``gripper_closed`` 0/1; ``gripper_height`` (1,) float32, fingertips above the tray bottom (m).
+domain (``camera``: a name from ``rcan.sim.renderer.CAMERAS``, ``wide`` by default, or a ``CameraConfig``);
+``gripper_closed`` 0/1; ``gripper_height`` (1,) float32, fingertips above the tray bottom (m).
 
 Action: Box(-1, 1, (6,)) = (dx, dy, dz, dyaw, gripper, terminate); displacements scale to
 ``max_translation`` metres and ``max_rotation`` radians per step; gripper > 0 closes, <= 0 opens;
@@ -48,7 +49,7 @@ from rcan.sim.arm import ARM_SCALES
 from rcan.sim.bullet import new_client
 from rcan.sim.domains import BANK, DOMAINS, PHOTO, FrameStyle, canonical_twin, sample_style
 from rcan.sim.objects import ObjectSpec, catalogue, load_object
-from rcan.sim.renderer import CameraConfig, Renderer
+from rcan.sim.renderer import CameraConfig, Renderer, camera_config
 from rcan.sim.scene import OBJECT, Cell, CellConfig
 from rcan.sim.stage import Stage
 from rcan.sim.textures import ImageFolderTextures, PhotoTextures, ProceduralTextures, TextureSource
@@ -85,7 +86,7 @@ class GraspEnv(gym.Env):
         time_step: float = 1.0 / 120.0,
         render_mode: str | None = "rgb_array",
         render_observation: bool = True,
-        camera: CameraConfig | None = None,
+        camera: CameraConfig | str | None = None,
         cell: CellConfig | None = None,
         rebuild_every: int = 100,
         label_objects: bool = False,
@@ -126,7 +127,7 @@ class GraspEnv(gym.Env):
             bank = ProceduralTextures(size=texture_bank_size, resolution=texture_resolution)
         self.textures: dict[str, TextureSource] = {BANK: bank, PHOTO: PhotoTextures(resolution=texture_resolution)}
 
-        self._world_args = (time_step, cell, camera or CameraConfig())
+        self._world_args = (time_step, cell, camera_config(camera))
         self.rebuild_every = int(rebuild_every)
         self._episodes_in_world = 0
         self.client = self.render_client = None

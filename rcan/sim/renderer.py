@@ -36,6 +36,28 @@ class CameraConfig:
     far: float = 3.0
 
 
+CAMERAS: dict[str, CameraConfig] = {
+    "wide": CameraConfig(),
+    "tray": CameraConfig(target=(0.0, 0.0, 0.02), fov=32.0),
+}
+"""Named cameras. ``wide`` (the default; the shipped generator and agent see it): the whole cell, the tray
+filling the middle of the frame; at 64x64 about 1.1 pixels per cm across the tray and 0.76 along it.
+``tray``: the same pose zoomed onto the tray (fov 32), its walls at the frame's edges: 1.46 and 1.02
+pixels per cm (1.8x the pixels on the tray for the same image size), and the arm hides about as much of
+the object under the fingers at closing (measured in benchmarks/RESULTS.md)."""
+
+
+def camera_config(camera: CameraConfig | str | None) -> CameraConfig:
+    """A camera from its name in :data:`CAMERAS` (None: ``wide``) or as given."""
+    if camera is None:
+        return CAMERAS["wide"]
+    if isinstance(camera, CameraConfig):
+        return camera
+    if camera not in CAMERAS:
+        raise ValueError(f"unknown camera {camera!r}; choose one of {', '.join(CAMERAS)}")
+    return CAMERAS[camera]
+
+
 @dataclass
 class Frame:
     rgb: np.ndarray

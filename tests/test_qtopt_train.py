@@ -121,6 +121,34 @@ def test_the_camera_is_checked_and_travels_with_the_agent(tmp_path) -> None:
         Trainer(make_args("tiny", out=str(tmp_path / "ft"), finetune_from=str(run), real_episodes=2))
 
 
+def test_first_frame_rides_on_every_state_image(tmp_path) -> None:
+    """With ``first_frame`` every state image, in collected episodes (scripted and learned policy) and when
+    acting, is the current image with the episode's first one stacked on it; a new episode starts afresh."""
+    from rcan.qtopt.args import collector_config
+    from rcan.qtopt.collectors import EpisodeRunner
+
+    args = make_args("tiny", out=str(tmp_path / "run"), first_frame=True, seed=2)
+    runner = EpisodeRunner(collector_config(args), seed=2)
+    try:
+        for kind in ("scripted", "policy", "scripted"):
+            ep = runner.run_episode(kind)
+            assert ep.images.shape[1] == 6, kind
+            np.testing.assert_array_equal(ep.images[:, 3:], np.broadcast_to(ep.images[0, :3], ep.images[:, 3:].shape))
+            assert len(ep.images) > 1 and not np.array_equal(ep.images[-1, :3], ep.images[0, :3]), kind
+    finally:
+        runner.close()
+    Trainer(args).run()
+    policy = load_agent(tmp_path / "run")
+    first, later = (np.full((64, 64, 3), v, np.uint8) for v in (10, 200))
+    obs = {"gripper_closed": 0, "gripper_height": np.array([0.2])}
+    policy.reset()
+    assert policy.prepare({**obs, "image": first})[0][3:].max() == 10
+    assert policy.prepare({**obs, "image": later})[0][3:].max() == 10
+    assert policy.act({**obs, "image": later}, {}).shape == (6,)
+    policy.reset()
+    assert policy.prepare({**obs, "image": later})[0][3:].min() == 200
+
+
 def test_resume_refuses_trajectory_changes(tmp_path) -> None:
     run = tmp_path / "run"
     Trainer(make_args("tiny", out=str(run))).save_checkpoint()

@@ -34,9 +34,16 @@ def env_domain(input_mode: str) -> str:
     return "heavy" if input_mode == "rcan" else input_mode
 
 
-def image_channels(input_mode: str) -> int:
+def image_channels(input_mode: str, first_frame: bool = False) -> int:
+    """Channels of the network's image: 3 (RGB) or 6 (RCAN's concat(G(x), x)), twice that with the
+    episode's first image stacked on (``QNetConfig.first_frame``)."""
     check_input_mode(input_mode)
-    return 6 if input_mode == "rcan" else 3
+    return (6 if input_mode == "rcan" else 3) * (2 if first_frame else 1)
+
+
+def with_first_frame(images: np.ndarray) -> np.ndarray:
+    """An episode's state images (T, C, H, W) -> (T, 2C, H, W): each stacked with the episode's first."""
+    return np.concatenate([images, np.broadcast_to(images[:1], images.shape)], axis=1)
 
 
 def check_input_mode(input_mode: str) -> None:
@@ -77,10 +84,10 @@ class QTOptPolicy:
         camera: str = "wide",
     ) -> None:
         check_input_mode(input_mode)
-        if network.config.in_channels != image_channels(input_mode):
+        need = image_channels(input_mode, network.config.first_frame)
+        if network.config.in_channels != need:
             raise ValueError(
-                f"input mode {input_mode!r} needs a {image_channels(input_mode)}-channel network, "
-                f"got {network.config.in_channels}"
+                f"input mode {input_mode!r} needs a {need}-channel network, got {network.config.in_channels}"
             )
         if input_mode == "rcan" and generator is None:
             raise ValueError("input mode 'rcan' needs a generator (pass --generator)")
@@ -91,13 +98,21 @@ class QTOptPolicy:
         self.camera = camera
         """The env camera the agent was trained with (``rcan.sim.renderer.CAMERAS``)."""
         self.torch_rng = torch.Generator().manual_seed(seed)
+        self._first: np.ndarray | None = None
 
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
-        """Nothing to reset (the policy is Markov); kept for the common policy interface."""
+        """A new episode: forget its first image (kept only with ``QNetConfig.first_frame``)."""
+        self._first = None
 
     def prepare(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(network image (C, H, W) uint8, state (2,)) for one observation."""
-        return state_images(obs["image"][None], self.input_mode, self.generator)[0], obs_state(obs)
+        """(network image (C, H, W) uint8, state (2,)) for one observation; with ``first_frame``, the first
+        observation since ``reset`` is kept and stacked on every later one."""
+        image = state_images(obs["image"][None], self.input_mode, self.generator)[0]
+        if self.network.config.first_frame:
+            if self._first is None:
+                self._first = image
+            image = np.concatenate([image, self._first], axis=0)
+        return image, obs_state(obs)
 
     @torch.no_grad()
     def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:

@@ -52,6 +52,9 @@ class TrainArgs:
     """Stop after this much training wall-clock time, summed over resumes (0: no limit)."""
     image_size: int = 64
     """Env image side in pixels."""
+    first_frame: bool = False
+    """Stack the episode's first image on the current one (``QNetConfig.first_frame``): the objects in
+    full view, before the arm came down over them."""
     camera: str = "wide"
     """The env's camera (``rcan.sim.renderer.CAMERAS``): ``wide`` (the whole cell; what the shipped generator
     was trained on, so the only choice for ``--input rcan``) or ``tray`` (the same pose zoomed onto the tray:
@@ -429,7 +432,8 @@ def _read_state_meta(state: Path) -> dict[str, str]:
 
 def network_config(args: TrainArgs) -> QNetConfig:
     return QNetConfig(
-        in_channels=image_channels(args.input),
+        in_channels=image_channels(args.input, args.first_frame),
+        first_frame=args.first_frame,
         image_size=args.image_size,
         channels=tuple(args.channels),
         strides=tuple(args.strides),

@@ -333,7 +333,7 @@ class EpisodeRunner:
         return "real" if u < c.eval_prob + c.scripted_prob + c.real_prob else "policy"
 
     def run_episode(self, kind: str | None = None) -> Episode:
-        from rcan.qtopt.agent import obs_state, state_images
+        from rcan.qtopt.agent import obs_state, state_images, with_first_frame
 
         kind = kind or self.choose_kind()
         env = self.env
@@ -349,6 +349,7 @@ class EpisodeRunner:
         t0 = time.perf_counter()
         obs, info = env.reset(seed=int(self.rng.integers(2**31)))
         self.scripted.reset(info)
+        self.policy.reset(info)
         raw, imgs, states, actions, rewards, pixels, yaws, masks, fingers = [], [], [], [], [], [], [], [], []
         centres: list[np.ndarray] = []
         close_h = close_d = math.nan
@@ -383,6 +384,8 @@ class EpisodeRunner:
                 success = bool(info.get("is_success", False))
         if kind == "scripted":
             images = state_images(np.stack(raw), self.config.input_mode, self.policy.generator)  # one batch
+            if self.policy.network.config.first_frame:
+                images = with_first_frame(images)
         else:
             images = np.stack(imgs)
         return Episode(

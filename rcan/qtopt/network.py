@@ -120,6 +120,13 @@ class QNetConfig:
     "close right on an object" is a function of two numbers it is given, not one it must discover from
     the rewards. Needs ``target_readout``."""
 
+    first_frame: bool = False
+    """Beyond QT-Opt (as in Levine et al. 2016's grasping network): the image input is the current image
+    with the episode's first image stacked on its channels (``in_channels`` doubles). At the start the
+    gripper is high and the tray is in full view; near the closing the arm and gripper hide part of the
+    object under the fingers (about 30% of its pixels, benchmarks/RESULTS.md), which the first image
+    still shows."""
+
     def __post_init__(self) -> None:
         if self.global_pool < 1:
             raise ValueError(f"global_pool must be >= 1, got {self.global_pool}")
@@ -133,8 +140,9 @@ class QNetConfig:
             raise ValueError("target_readout needs gripper_keypoint and at least two tower convs")
         if not 1 <= self.readout_levels <= len(self.channels):
             raise ValueError(f"readout_levels must be in 1..{len(self.channels)}, got {self.readout_levels}")
-        if self.in_channels not in (3, 6):
-            raise ValueError(f"in_channels must be 3 or 6, got {self.in_channels}")
+        allowed = (6, 12) if self.first_frame else (3, 6)
+        if self.in_channels not in allowed:
+            raise ValueError(f"in_channels must be one of {allowed}, got {self.in_channels}")
         if len(self.channels) != len(self.strides) or not self.channels:
             raise ValueError("channels and strides must be non-empty and of equal length")
         if self.fuse_channels < 4:

@@ -108,7 +108,7 @@ class Trainer:
         self.target1 = copy.deepcopy(self.net).requires_grad_(False)
         self.target2 = copy.deepcopy(self.net).requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=args.lr)
-        shape = (image_channels(args.input), args.image_size, args.image_size)
+        shape = (image_channels(args.input, args.first_frame), args.image_size, args.image_size)
         masks = args.object_aux_weight > 0
         replays = {
             "scripted": ReplayBuffer(args.scripted_capacity, shape, args.gamma, args.n_step, masks),

@@ -356,18 +356,13 @@ def _validated(args: TrainArgs) -> TrainArgs:
     for name in ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
-    if args.finger_readout and not args.gripper_yaw:
-        raise ValueError("finger_readout needs gripper_yaw (the fingers' direction comes from the read yaw)")
-    if args.gripper_yaw and not args.target_readout:
-        raise ValueError("gripper_yaw needs target_readout (the read-out's local head uses the yaw)")
-    if args.target_readout and not args.gripper_keypoint:
-        raise ValueError("target_readout needs gripper_keypoint (the read-out starts from the located gripper)")
     if args.lr <= 0 or args.lr_final < 0 or args.lr_decay_steps < 1:
         raise ValueError("lr must be > 0, lr_final >= 0 and lr_decay_steps >= 1")
     if args.object_offset_weight < 0 or args.object_offset_points < 0:
         raise ValueError("object_offset_weight and object_offset_points must be >= 0")
     if args.object_offset_weight > 0 and not args.target_readout:
         raise ValueError("object_offset_weight needs target_readout (offsets are read where the read-out looks)")
+    network_config(args)  # the network's own checks (which options need which)
     if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
         raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")
     if bool(args.finetune_from) != (args.real_episodes > 0):

@@ -133,11 +133,14 @@ class QNetConfig:
         if self.object_offsets and not self.target_readout:
             raise ValueError("object_offsets needs target_readout")
         if self.finger_readout and not self.gripper_yaw:
-            raise ValueError("finger_readout needs gripper_yaw")
+            raise ValueError("finger_readout needs gripper_yaw (the fingers' direction comes from the read yaw)")
         if self.gripper_yaw and not self.target_readout:
-            raise ValueError("gripper_yaw needs target_readout")
+            raise ValueError("gripper_yaw needs target_readout (the read-out's local head uses the yaw)")
         if self.target_readout and (not self.gripper_keypoint or len(self.channels) < 2):
-            raise ValueError("target_readout needs gripper_keypoint and at least two tower convs")
+            raise ValueError(
+                "target_readout needs gripper_keypoint (the read-out starts from the located gripper) "
+                "and at least two tower convs"
+            )
         if not 1 <= self.readout_levels <= len(self.channels):
             raise ValueError(f"readout_levels must be in 1..{len(self.channels)}, got {self.readout_levels}")
         allowed = (6, 12) if self.first_frame else (3, 6)

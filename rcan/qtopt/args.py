@@ -369,10 +369,9 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("joint finetuning needs both finetune_from (a trained agent) and real_episodes > 0")
     if args.finetune_continue and not args.finetune_from:
         raise ValueError("finetune_continue is for joint finetuning (with finetune_from)")
-    from rcan.sim.renderer import CAMERAS
+    from rcan.sim.renderer import camera_config
 
-    if args.camera not in CAMERAS:
-        raise ValueError(f"unknown camera {args.camera!r}; choose one of {', '.join(CAMERAS)}")
+    camera_config(str(args.camera))  # a known camera name (a run records its name, never a CameraConfig)
     if args.input == "rcan" and args.camera != "wide":
         raise ValueError("--input rcan needs camera=wide (the view the generators are trained on)")
     if args.finetune_from:

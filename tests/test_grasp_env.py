@@ -486,3 +486,75 @@ def test_object_mask_marks_the_object_pixels_of_the_returned_image(domain):
     finally:
         labelled.close()
         plain.close()
+
+
+def _run_to_closing(env: GraspEnv, seed: int) -> tuple[dict, dict, np.ndarray]:
+    """Reset and run an aimed scripted episode up to the action that closes the gripper (not taken)."""
+    obs, info = env.reset(seed=seed)
+    pol = ScriptedGraspPolicy(np.random.default_rng(seed), tray_half=env.cell.config.tray_inner_half, aim_prob=1.0)
+    pol.reset(info)
+    while True:
+        a = pol.act(obs, info)
+        if a[4] > 0 and obs["gripper_closed"] == 0:
+            return obs, info, a
+        obs, _, done, _, info = env.step(a)
+        assert not done
+
+
+def test_try_grasps_judges_alternatives_and_puts_the_world_back():
+    """Counterfactual grasps: each alternative closing is lifted and judged, then the bodies, the gripper's
+    commands and the episode's bookkeeping are exactly as before (the episode goes on; it is seeded-
+    reproducible with the same calls, though PyBullet's solver caches make it differ from a run without
+    them). Alternatives that do not close and terminate are refused."""
+    envs = [GraspEnv(), GraspEnv()]
+    try:
+        results = []
+        for e in envs:
+            obs, info, a = _run_to_closing(e, seed=21)
+            before, step, tool = e.sim_state(), info["step"], info["tool"]
+            alt = np.tile(a, (6, 1))
+            alt[:, 5] = 1.0
+            alt[:, 0] += np.linspace(-1.0, 1.0, 6)  # from 4 cm to one side to 4 cm to the other
+            rewards, fingers = e.try_grasps(alt)
+            np.testing.assert_array_equal(e.sim_state(), before)
+            assert e._step == step and np.allclose(e._target, tool)
+            assert e.cell.gripper.closed is False and obs["gripper_closed"] == 0
+            assert np.all(np.isclose(rewards, -0.05) | np.isclose(rewards, 0.95)) and fingers.shape == (6, 4)
+            assert np.all(np.abs(fingers) <= 1.0) and np.ptp(fingers[:, 0]) > 0.05  # the moves differ
+            done = False
+            while not done:
+                obs, r, done, _, info = e.step(a)
+                a = np.array([0, 0, 0, 0, 1, 1], np.float32)
+            results.append((rewards, r, e.sim_state()))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        assert results[0][1] == results[1][1]
+        np.testing.assert_array_equal(results[0][2], results[1][2])
+        for bad in ([0, 0, 0, 0, -1, 1], [0, 0, 0, 0, 1, -1], [np.nan, 0, 0, 0, 1, 1]):
+            with pytest.raises(ValueError, match="close the gripper and terminate"):
+                envs[0].try_grasps(np.array([bad], np.float32))
+    finally:
+        for e in envs:
+            e.close()
+
+
+def test_counterfactual_grasps_succeed_on_objects_and_fail_beside_them():
+    """The outcomes ``try_grasps`` reports are the physics': of a 5x5 grid of closings around an aimed
+    one (up to 8 cm away), those that close within 3 cm of an object's centre succeed far more often than
+    those more than 6 cm from every object's centre (~80% against ~20% over 392 grasps, 2026-11-25)."""
+    env = GraspEnv(object_family="procedural")
+    near, far = [], []
+    try:
+        for seed in range(4):
+            _, _, a = _run_to_closing(env, seed=300 + seed)
+            alt = np.tile(a, (25, 1))
+            alt[:, 5] = 1.0
+            grid = np.stack(np.meshgrid(np.linspace(-2, 2, 5), np.linspace(-2, 2, 5)), -1).reshape(-1, 2)
+            alt[:, :2] = np.clip(alt[:, :2] + grid, -1, 1)
+            dist = np.array([env.closing_distance(x) for x in alt])
+            rewards, _ = env.try_grasps(alt)
+            near += list(rewards[dist < 0.03] > 0)
+            far += list(rewards[dist > 0.06] > 0)
+    finally:
+        env.close()
+    assert len(near) >= 4 and len(far) >= 10, (len(near), len(far))
+    assert np.mean(near) > 0.5 and np.mean(far) < np.mean(near) - 0.3, (np.mean(near), np.mean(far))

@@ -36,6 +36,14 @@ def test_curve_counts_grasps_and_windows_greedy_successes(tmp_path) -> None:
     np.testing.assert_allclose(c_all.success, [0.0, 0.5, 2 / 3, 0.75])
 
 
+def test_counterfactual_grasps_count_as_grasps_collected(tmp_path) -> None:
+    run = _write_run(tmp_path / "run", [("scripted", True), ("policy", False), ("eval", True)])
+    rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    rows[0]["branches"], rows[1]["branches"] = 4, 2  # runs written before branching have no field: 0
+    (run / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert learning_curve(run).grasps.tolist() == [2 + 4 + 2]
+
+
 def test_curve_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="not a training run"):
         learning_curve(tmp_path)

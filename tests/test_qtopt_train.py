@@ -320,3 +320,45 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
         make_args("tiny", finger_readout=True)
     with pytest.raises(ValueError, match="object_offset_weight needs target_readout"):
         make_args("tiny", target_readout=False, object_offset_weight=1.0)
+
+
+def test_counterfactual_grasps_become_one_step_terminal_transitions(tmp_path) -> None:
+    """With ``grasp_branches`` every closing of a scripted or on-policy episode brings that many alternative
+    closings from the same state (never in greedy or ``real`` episodes); each enters the replay as a
+    one-step terminal transition with that state's image and labels, its own action, reward and finger
+    labels; the episode log records how many came with each episode."""
+    from rcan.qtopt.args import collector_config
+    from rcan.qtopt.collectors import EpisodeRunner
+
+    args = make_args("tiny", out=str(tmp_path / "run"), collectors=0, grasp_branches=3, scripted_aim_prob=1.0, seed=6)
+    runner = EpisodeRunner(collector_config(args), seed=6)
+    try:
+        ep = runner.run_episode("scripted")
+        assert ep.grasps >= 1 and ep.branches == 3 * ep.grasps
+        for t, action, reward, fingers in ep.branch_transitions():
+            assert ep.states[t, 0] == 0 and ep.actions[t, 4] > 0  # branched where an open gripper closed
+            assert action[4] == 1 and action[5] == 1 and abs(action[3]) <= 1
+            assert np.isclose(reward, -0.05) or np.isclose(reward, 0.95)
+            assert np.isfinite(fingers).all()
+        assert runner.run_episode("eval").branches == 0
+    finally:
+        runner.close()
+    with pytest.raises(ValueError, match="grasp_branches"):
+        make_args("tiny", grasp_branches=-1)
+
+    t = Trainer(args)
+    before = len(t.replays["scripted"])
+    t.add_episode(ep)
+    scripted = t.replays["scripted"]
+    assert len(scripted) == before + ep.length + ep.branches
+    rows = slice(before + ep.length, before + ep.length + ep.branches)
+    steps = [b[0] for b in ep.branch_transitions()]
+    np.testing.assert_array_equal(scripted.images[rows], ep.images[steps])
+    np.testing.assert_array_equal(scripted.actions[rows], ep.branch_actions)
+    np.testing.assert_allclose(scripted.returns[rows], ep.branch_rewards + args.reward_offset)
+    assert (scripted.discounts[rows] == 0).all() and np.isfinite(scripted.tool_pixels[rows]).all()
+    np.testing.assert_array_equal(scripted.finger_pixels[rows], ep.branch_fingers)
+    t.run()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert logged[0]["branches"] == ep.branches
+    assert sum(r["branches"] for r in logged if r["kind"] == "scripted") >= ep.branches

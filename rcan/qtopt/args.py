@@ -208,6 +208,18 @@ class TrainArgs:
     ``rcan.sim.scripted``). Without it the replay never shows an empty grasp followed by a reopening, so
     the agent cannot learn QT-Opt's retries: every agent so far closes once and terminates. Measured with 1:
     61.8% after 24 min (seed 0), and the agent reopened in only 5 of 102 attempts; not adopted."""
+    grasp_branches: int = 0
+    """Beyond the paper, simulation only: at each closing of an open gripper in a scripted or on-policy
+    episode, also try this many alternative closings from the same state (``GraspEnv.try_grasps``: the
+    world saved, the grasp lifted and judged, the world put back) and store each as a one-step terminal
+    transition with that state's image. The alternatives are the closing action with its dx, dy moved by
+    ``branch_std`` noise and a random dyaw, closing and terminating at once: the same image then carries
+    several (aim, yaw) -> outcome pairs, the comparison a critic needs to tell a grasp that will hold from
+    a near miss. Each costs ~32 ms of collector time (physics only, nothing rendered); they count as
+    simulated grasps in the learning curve. Never in ``real`` episodes (a real cell cannot rewind)."""
+    branch_std: float = 0.3
+    """Std of the noise on dx and dy (action units; 0.3 is ~1.2 cm) of the ``grasp_branches``
+    alternatives."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
     noise_std: float = 0.3
@@ -356,6 +368,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
     for name in ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
+    if args.grasp_branches < 0 or args.branch_std < 0:
+        raise ValueError("grasp_branches and branch_std must be >= 0")
     if args.lr <= 0 or args.lr_final < 0 or args.lr_decay_steps < 1:
         raise ValueError("lr must be > 0, lr_final >= 0 and lr_decay_steps >= 1")
     if args.object_offset_weight < 0 or args.object_offset_points < 0:
@@ -474,6 +488,8 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         scripted_wall_yaw_prob=a.scripted_wall_yaw_prob,
         eval_prob=a.eval_prob,
         noise_std=a.noise_std,
+        grasp_branches=a.grasp_branches,
+        branch_std=a.branch_std,
         real_prob=a.real_fraction if a.finetune_from else 0.0,
         real_domain=a.real_domain,
         object_labels=a.object_aux_weight > 0,

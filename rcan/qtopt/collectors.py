@@ -85,6 +85,31 @@ class Episode:
     object_pixels: np.ndarray | None = None
     """(T, MAX_OBJECTS, 2) float32: where each object's grasp point appears in each state image, NaN rows
     for absent objects or envs that do not report them (privileged: the label of the object-offset loss)."""
+    branch_steps: np.ndarray | None = None
+    """(M,) int: for each counterfactual grasp (``CollectorConfig.grasp_branches``), the step whose state
+    it started from (None: no branches)."""
+    branch_actions: np.ndarray | None = None
+    """(M, 6) float32: the counterfactual grasps' actions (each closes and terminates)."""
+    branch_rewards: np.ndarray | None = None
+    """(M,) float32: their rewards (-0.05, +1 if the lifted object was held)."""
+    branch_fingers: np.ndarray | None = None
+    """(M, 4) float32: where each of their moves put the fingertips in the state's image (a label)."""
+
+    @property
+    def branches(self) -> int:
+        """How many counterfactual grasps came with this episode."""
+        return 0 if self.branch_steps is None else len(self.branch_steps)
+
+    def branch_transitions(self) -> list[tuple[int, np.ndarray, float, np.ndarray]]:
+        """(step, action, reward, finger_pixels) of each counterfactual grasp."""
+        if self.branch_steps is None or self.branch_actions is None:
+            return []
+        rewards, fingers = self.branch_rewards, self.branch_fingers
+        assert rewards is not None and fingers is not None
+        return [
+            (int(t), self.branch_actions[i], float(rewards[i]), fingers[i])
+            for i, t in enumerate(self.branch_steps)
+        ]
 
     @property
     def length(self) -> int:
@@ -125,6 +150,10 @@ class CollectorConfig:
     """Fraction of episodes that are greedy evaluations on the test objects (not for training)."""
     noise_std: float = 0.3
     """Std of the Gaussian noise on dx, dy, dz, dyaw in policy episodes."""
+    grasp_branches: int = 0
+    """Counterfactual grasps tried at each closing of scripted and policy episodes (``TrainArgs``)."""
+    branch_std: float = 0.3
+    """Std of the dx, dy noise of those grasps (action units)."""
     real_prob: float = 0.0
     """Fraction of episodes that are on-policy episodes in ``real_domain`` (joint finetuning; 0 otherwise)."""
     real_domain: str = "real"
@@ -243,6 +272,18 @@ class InlineCollectors:
         self._runner.close()
 
 
+def _stack_branches(branches: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """An episode's counterfactual grasps as ``Episode`` fields (all None without any)."""
+    if not branches:
+        return {}
+    return {
+        "branch_steps": np.concatenate([np.full(len(b[1]), b[0], np.int64) for b in branches]),
+        "branch_actions": np.concatenate([b[1] for b in branches]).astype(np.float32),
+        "branch_rewards": np.concatenate([b[2] for b in branches]).astype(np.float32),
+        "branch_fingers": np.concatenate([b[3] for b in branches]).astype(np.float32),
+    }
+
+
 # -- the collector process ---------------------------------------------------------------------------
 def _worker(index: int, config: CollectorConfig, seed: int, weights_q: Any, out_q: Any, stop: Any) -> None:
     try:
@@ -352,6 +393,8 @@ class EpisodeRunner:
         self.policy.reset(info)
         raw, imgs, states, actions, rewards, pixels, yaws, masks, fingers = [], [], [], [], [], [], [], [], []
         centres: list[np.ndarray] = []
+        branches: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        branching = kind in ("scripted", "policy") and self.config.grasp_branches > 0
         close_h = close_d = math.nan
         done, success = False, False
         while not done:
@@ -375,6 +418,9 @@ class EpisodeRunner:
             if starts_a_grasp(state[0], a[4]):  # the last such closing is the grasp lifted
                 close_h = float(state[1])
                 close_d = env.closing_distance(a)
+                if branching:
+                    alt = self.branch_actions(a)
+                    branches.append((len(states), alt, *env.try_grasps(alt)))
             obs, r, done, _, info = env.step(a)
             fingers.append(info.get("finger_pixels", np.full(4, np.nan, np.float32)))
             states.append(state)
@@ -405,7 +451,18 @@ class EpisodeRunner:
             finger_pixels=np.asarray(fingers, np.float32).reshape(-1, 4),
             object_masks=np.stack(masks) if masks and len(masks) == len(rewards) else None,
             object_pixels=np.stack(centres),
+            **_stack_branches(branches),
         )
+
+    def branch_actions(self, a: np.ndarray) -> np.ndarray:
+        """The ``grasp_branches`` alternatives to a closing action: dx, dy moved by ``branch_std`` noise, a
+        random dyaw, dz kept, closing and terminating at once."""
+        k = self.config.grasp_branches
+        alt = np.tile(np.asarray(a, np.float32), (k, 1))
+        alt[:, :2] += self.rng.normal(0.0, self.config.branch_std, (k, 2)).astype(np.float32)
+        alt[:, 3] = self.rng.uniform(-1.0, 1.0, k).astype(np.float32)
+        alt[:, 4:6] = 1.0
+        return np.clip(alt, -1.0, 1.0)
 
     def close(self) -> None:
         self.env.close()

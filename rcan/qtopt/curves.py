@@ -2,7 +2,8 @@
 
 Why from ``episodes.jsonl`` and not from TensorBoard: every episode is there with its kind and outcome,
 so the curve can be recomputed with any window and compared across runs, and the x axis can be what the
-issue and the paper count, simulated grasps (training episodes), not gradient steps. The greedy episodes
+issue and the paper count, simulated grasps (training episodes, plus any counterfactual grasps tried at
+their closings), not gradient steps. The greedy episodes
 (``kind == "eval"``, a tenth of all episodes by default) run on test objects and are never trained on.
 """
 
@@ -74,7 +75,7 @@ def learning_curve(run: str | os.PathLike[str], window: int = 100) -> Curve:
     collected = 0
     for r in rows:
         if r["kind"] in TRAINING_KINDS:
-            collected += 1
+            collected += 1 + int(r.get("branches", 0))  # counterfactual grasps are simulated grasps too
         elif r["kind"] == "eval":
             grasps.append(collected)
             outcomes.append(bool(r["success"]))
@@ -116,7 +117,7 @@ def plot_learning_curves(curves: list[Curve], out: str | os.PathLike[str], goal:
         ax.fill_between(c.grasps, 100 * c.low, 100 * c.high, color=line.get_color(), alpha=0.15, lw=0)
     if goal is not None:
         ax.axhline(100 * goal, color="grey", ls="--", lw=1, label=f"goal {goal:.0%}")
-    ax.set_xlabel("simulated grasps collected (training episodes)")
+    ax.set_xlabel("simulated grasps collected (training episodes and counterfactual grasps)")
     ax.set_ylabel(f"greedy success, unseen test objects (%)\nlast {curves[0].window} attempts, Wilson 95%")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

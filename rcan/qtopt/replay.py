@@ -56,6 +56,29 @@ object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None wh
     object_pixels: np.ndarray | None = None
 
 
+def branch_steps(
+    ep: EpisodeSteps, t: int, action: np.ndarray, reward: float, finger_pixels: np.ndarray
+) -> EpisodeSteps:
+    """A one-step terminal episode: the state of step ``t`` of ``ep`` with another action that ended the
+    episode (a counterfactual grasp, ``GraspEnv.try_grasps``), its reward and where its move put the
+    fingertips (kept only where ``ep`` has finger labels)."""
+
+    def at(x: np.ndarray | None) -> np.ndarray | None:
+        return None if x is None else x[t : t + 1]
+
+    return EpisodeSteps(
+        ep.images[t : t + 1],
+        ep.states[t : t + 1],
+        np.asarray(action, np.float32).reshape(1, -1),
+        np.asarray([reward], np.float32),
+        tool_pixels=at(ep.tool_pixels),
+        object_masks=at(ep.object_masks),
+        tool_yaws=at(ep.tool_yaws),
+        finger_pixels=None if ep.finger_pixels is None else np.asarray(finger_pixels, np.float32).reshape(1, 4),
+        object_pixels=at(ep.object_pixels),
+    )
+
+
 def padded_object_pixels(pixels: Any) -> np.ndarray:
     """An env's ``info["object_pixels"]`` (N, 2), or None, -> (MAX_OBJECTS, 2) float32, NaN-padded."""
     out = np.full((MAX_OBJECTS, 2), np.nan, np.float32)

@@ -88,6 +88,7 @@ from rcan.qtopt.replay import (
     LocalReplay,
     ReplayBuffer,
     ReplaySource,
+    branch_steps,
     load_replays,
     save_replays,
 )
@@ -209,6 +210,7 @@ class Trainer:
             "close_height": None if math.isnan(ep.close_height) else round(ep.close_height, 4),
             "close_distance": None if math.isnan(ep.close_distance) else round(ep.close_distance, 4),
             "grasps": ep.grasps,
+            "branches": ep.branches,
         }
         self._episode_rows.append(json.dumps(row))
         self.recent[ep.kind].append(float(ep.success))
@@ -236,6 +238,8 @@ class Trainer:
         )
         self.replay.add_episode(ep.kind, steps)
         self.env_steps += ep.length
+        for t, action, reward, fingers in ep.branch_transitions():
+            self.replay.add_episode(ep.kind, branch_steps(steps, t, action, reward + self.args.reward_offset, fingers))
 
     def batch_mix(self) -> tuple[tuple[str, float], ...]:
         """QT-Opt's half on-policy, half scripted exploration; in joint finetuning, real and simulated

@@ -186,20 +186,7 @@ class GraspEnv(gym.Env):
         if a.shape != (6,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 6 finite numbers, got {action!r}")
         a = np.clip(a, -1.0, 1.0)
-        g = self.cell.gripper
-        target = self._move_target(a)
-        yaw = float(np.clip(self._yaw + a[3] * self.max_rotation, -math.pi, math.pi))
-        for k in range(1, self.substeps + 1):
-            g.drive_towards(target, yaw, k / self.substeps)
-            self.client.stepSimulation()
-        self._target, self._yaw = target, yaw
-        # Where the moved fingertips are in this step's input image, before any closing (a training label)
-        fingers = self.project(g.fingertip_positions()).reshape(-1).astype(np.float32)
-        close = bool(a[4] > 0)
-        if close != g.closed:
-            g.set_closed(close)
-            self._simulate(self.substeps)  # let the fingers finish closing (or opening) in place
-        self._step += 1
+        fingers = self._move_and_close(a)
         done = bool(a[5] > 0) or self._step >= self.max_steps
         reward = -0.05
         info = self._info()
@@ -213,6 +200,35 @@ class GraspEnv(gym.Env):
         info["object_pixels"] = self.object_pixels()
         info["finger_pixels"] = fingers
         return self._observation(info), reward, done, False, info
+
+    def try_grasps(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Privileged, simulation only: the outcome of each of K alternative last actions (K, 6) from the
+        current state, the world put back exactly as it was after each (PyBullet ``saveState`` /
+        ``restoreState`` plus the gripper's commands); the episode goes on as if nothing happened. Each
+        action must end the episode (terminate > 0) and close the gripper (gripper > 0): the lift decides
+        its outcome and nothing is rendered. Returns the rewards (K,) (what ``step`` would have returned)
+        and the ``finger_pixels`` (K, 4) of each move. Why: a closing's outcome is what the critic must
+        learn to predict, and one image can then carry several (aim, yaw) -> outcome pairs."""
+        if self._style is None:
+            raise RuntimeError("call reset() before try_grasps()")
+        acts = np.clip(np.asarray(actions, dtype=np.float64).reshape(-1, 6), -1.0, 1.0)
+        if not np.all(np.isfinite(acts)) or np.any(acts[:, 4] <= 0) or np.any(acts[:, 5] <= 0):
+            raise ValueError("try_grasps needs finite actions that close the gripper and terminate")
+        g = self.cell.gripper
+        saved = self.client.saveState()
+        kept = (self._target.copy(), self._yaw, self._step, g.snapshot())
+        rewards = np.zeros(len(acts), np.float32)
+        fingers = np.zeros((len(acts), 4), np.float32)
+        try:
+            for i, a in enumerate(acts):
+                fingers[i] = self._move_and_close(a)
+                rewards[i] = -0.05 + float(self._lift_and_check())
+                self.client.restoreState(saved)
+                self._target, self._yaw, self._step = kept[0].copy(), kept[1], kept[2]
+                g.restore(kept[3])
+        finally:
+            self.client.removeState(saved)
+        return rewards, fingers
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None:
@@ -394,6 +410,24 @@ class GraspEnv(gym.Env):
     def _simulate(self, n: int) -> None:
         for _ in range(n):
             self.client.stepSimulation()
+
+    def _move_and_close(self, a: np.ndarray) -> np.ndarray:
+        """A step's physics up to the lift: move, then close or open in place. Returns where the moved
+        fingertips are in this step's input image, before any closing (``finger_pixels``, a label)."""
+        g = self.cell.gripper
+        target = self._move_target(a)
+        yaw = float(np.clip(self._yaw + a[3] * self.max_rotation, -math.pi, math.pi))
+        for k in range(1, self.substeps + 1):
+            g.drive_towards(target, yaw, k / self.substeps)
+            self.client.stepSimulation()
+        self._target, self._yaw = target, yaw
+        fingers = self.project(g.fingertip_positions()).reshape(-1).astype(np.float32)
+        close = bool(a[4] > 0)
+        if close != g.closed:
+            g.set_closed(close)
+            self._simulate(self.substeps)  # let the fingers finish closing (or opening) in place
+        self._step += 1
+        return fingers
 
     def _lift_and_check(self) -> bool:
         g = self.cell.gripper

@@ -114,6 +114,17 @@ class Gripper:
     def target_yaw(self) -> float:
         return self._target_yaw
 
+    def snapshot(self) -> tuple[np.ndarray, float, bool]:
+        """The commands PyBullet's ``saveState`` does not keep: the constraint's target and the fingers'."""
+        return self._target_pos.copy(), self._target_yaw, self.closed
+
+    def restore(self, snap: tuple[np.ndarray, float, bool]) -> None:
+        """Re-issue the commands of a ``snapshot`` (after ``restoreState`` has put the bodies back)."""
+        pos, yaw, closed = snap
+        self._target_pos, self._target_yaw, self.closed = pos.copy(), float(yaw), bool(closed)
+        self._drive(self._target_pos, self._target_yaw)
+        self._command_fingers()
+
     # -- control -----------------------------------------------------------------------------------
     def teleport(self, tool_pos: np.ndarray, yaw: float, closed: bool = False) -> None:
         """Place the gripper instantly (episode start); fingers open unless ``closed``."""

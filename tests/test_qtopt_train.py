@@ -343,8 +343,20 @@ def test_counterfactual_grasps_become_one_step_terminal_transitions(tmp_path) ->
         assert runner.run_episode("eval").branches == 0
     finally:
         runner.close()
-    with pytest.raises(ValueError, match="grasp_branches"):
-        make_args("tiny", grasp_branches=-1)
+    aimed_args = make_args("tiny", grasp_branches=200, branch_aim_prob=0.5, seed=6)
+    aimer = EpisodeRunner(collector_config(aimed_args), seed=6)
+    try:  # half aimed at the centre nearest to where the action closes (1 cm noise), half around the action
+        info = {"tool": np.array([0.0, 0.0, 0.05]), "objects_xy": np.array([[0.03, 0.01], [0.2, -0.1]])}
+        alt = aimer.branch_actions(np.array([-1.0, 0.0, -1.0, 0.3, 1.0, -1.0], np.float32), info, 0.04)
+        dist = np.linalg.norm(alt[:, :2] * 0.04 - info["objects_xy"][0], axis=1)
+        aimed = dist < 0.03  # the others close ~7 cm away
+        assert 70 < aimed.sum() < 130 and np.median(dist[aimed]) < 0.015
+        assert (alt[:, 2] == -1.0).all() and (alt[:, 4:] == 1.0).all() and np.ptp(alt[:, 3]) > 1.5
+    finally:
+        aimer.close()
+    for bad in ({"grasp_branches": -1}, {"branch_aim_prob": 1.5}):
+        with pytest.raises(ValueError, match="grasp_branches"):
+            make_args("tiny", **bad)
 
     t = Trainer(args)
     before = len(t.replays["scripted"])

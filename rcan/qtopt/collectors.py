@@ -154,6 +154,8 @@ class CollectorConfig:
     """Counterfactual grasps tried at each closing of scripted and policy episodes (``TrainArgs``)."""
     branch_std: float = 0.3
     """Std of the dx, dy noise of those grasps (action units)."""
+    branch_aim_prob: float = 0.0
+    """Share of those grasps aimed at the nearest object's centre instead (privileged)."""
     real_prob: float = 0.0
     """Fraction of episodes that are on-policy episodes in ``real_domain`` (joint finetuning; 0 otherwise)."""
     real_domain: str = "real"
@@ -419,7 +421,7 @@ class EpisodeRunner:
                 close_h = float(state[1])
                 close_d = env.closing_distance(a)
                 if branching:
-                    alt = self.branch_actions(a)
+                    alt = self.branch_actions(a, info, env.max_translation)
                     branches.append((len(states), alt, *env.try_grasps(alt)))
             obs, r, done, _, info = env.step(a)
             fingers.append(info.get("finger_pixels", np.full(4, np.nan, np.float32)))
@@ -454,12 +456,23 @@ class EpisodeRunner:
             **_stack_branches(branches),
         )
 
-    def branch_actions(self, a: np.ndarray) -> np.ndarray:
-        """The ``grasp_branches`` alternatives to a closing action: dx, dy moved by ``branch_std`` noise, a
-        random dyaw, dz kept, closing and terminating at once."""
-        k = self.config.grasp_branches
+    def branch_actions(self, a: np.ndarray, info: Mapping[str, Any], max_translation: float) -> np.ndarray:
+        """The ``grasp_branches`` alternatives to a closing action: dx, dy moved by ``branch_std`` noise or,
+        a ``branch_aim_prob`` share of them, aimed at the centre of the object nearest to where the action
+        closes (privileged ``info``: the commanded position and the objects, 1 cm noise); a random dyaw;
+        dz kept; closing and terminating at once."""
+        c = self.config
+        k = c.grasp_branches
         alt = np.tile(np.asarray(a, np.float32), (k, 1))
-        alt[:, :2] += self.rng.normal(0.0, self.config.branch_std, (k, 2)).astype(np.float32)
+        alt[:, :2] += self.rng.normal(0.0, c.branch_std, (k, 2)).astype(np.float32)
+        aimed = self.rng.random(k) < c.branch_aim_prob
+        if aimed.any():
+            tool = np.asarray(info["tool"], np.float64)[:2]
+            objects = np.asarray(info["objects_xy"], np.float64).reshape(-1, 2)
+            closing = tool + np.clip(a[:2], -1.0, 1.0) * max_translation
+            centre = objects[np.argmin(np.linalg.norm(objects - closing, axis=1))]
+            goal = centre + self.rng.normal(0.0, 0.01, (int(aimed.sum()), 2))
+            alt[aimed, :2] = ((goal - tool) / max_translation).astype(np.float32)
         alt[:, 3] = self.rng.uniform(-1.0, 1.0, k).astype(np.float32)
         alt[:, 4:6] = 1.0
         return np.clip(alt, -1.0, 1.0)

@@ -30,6 +30,12 @@ separate generators derived per episode, so the visual domain and any rendering 
 physics. Randomizations per domain: see ``rcan.sim.domains``. Per-episode looks by default
 (``restyle_every_step=True`` draws a new look every step, as the paper does for RCAN's data).
 
+Counterfactual grasps (privileged, simulation only): ``try_grasps(actions)`` judges alternative last
+actions from the current state (close, lift, check) and puts the world back, so training data can hold
+several (aim, yaw) -> outcome pairs for one image. PyBullet's ``restoreState`` keeps poses, velocities and
+joints exactly but not the solver's warm-start caches: an episode with the same seed and the same calls is
+reproducible, yet differs from the same episode without them.
+
 Rendering costs: ``render_observation=False`` skips the observation image (all zeros) for policies that
 never look at it, such as the scripted one while recording pairs; ``render()`` returns the current frame; ``render_pair()`` returns a
 randomized frame and its canonical twin with depth and segmentation, without changing the simulation.

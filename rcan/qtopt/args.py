@@ -216,7 +216,9 @@ class TrainArgs:
     ``branch_std`` noise and a random dyaw, closing and terminating at once: the same image then carries
     several (aim, yaw) -> outcome pairs, the comparison a critic needs to tell a grasp that will hold from
     a near miss. Each costs ~32 ms of collector time (physics only, nothing rendered); they count as
-    simulated grasps in the learning curve. Never in ``real`` episodes (a real cell cannot rewind)."""
+    simulated grasps in the learning curve. Never in ``real`` episodes (a real cell cannot rewind).
+    Measured with 4 (half aimed, ``branch_aim_prob=0.5``) after 24 min: 67.6% on seed 0's objects, 64.9%
+    over five object sets (the default: 66.7%, 63.5%); not adopted."""
     branch_std: float = 0.3
     """Std of the noise on dx and dy (action units; 0.3 is ~1.2 cm) of the ``grasp_branches``
     alternatives."""

@@ -260,6 +260,28 @@ def test_gripper_yaw_learns_a_bar_angle() -> None:
     assert float(yaw_aux_loss(net, net.features(images), torch.full((64,), float("nan")))) == 0.0
 
 
+def test_readout_patch_reads_a_grid_around_the_landing_point() -> None:
+    """``readout_patch=3``: nine points one stride-4 cell apart, the centre first, all nine going to the
+    local head; candidates tile exactly; even sizes and patches with the finger read-out are refused."""
+    torch.manual_seed(3)
+    net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True, readout_patch=3))
+    with torch.no_grad():
+        feats = net.features(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+        offsets = net._patch_offsets(feats)
+        assert offsets.shape == (9, 2) and offsets[0].abs().max() == 0
+        assert sorted({round(v, 4) for v in offsets.flatten().tolist()}) == [-0.125, 0.0, 0.125]
+        states, cands = torch.rand(2, 2), torch.rand(2, 5, 6) * 2 - 1
+        tiled = net.head(feats, states, cands)
+        single = torch.stack([net.head(feats, states, cands[:, j : j + 1])[:, 0] for j in range(5)], dim=1)
+        torch.testing.assert_close(tiled, single, rtol=1e-5, atol=1e-5)
+    assert net.local_head[0].in_features == 9 * (32 + 16) + 6 + 2 + 2
+    for bad in ({"readout_patch": 2}, {"readout_patch": 0}):
+        with pytest.raises(ValueError, match="readout_patch"):
+            QNetConfig(gripper_keypoint=True, target_readout=True, **bad)
+    with pytest.raises(ValueError, match="readout_patch"):
+        QNetConfig(gripper_keypoint=True, target_readout=True, gripper_yaw=True, finger_readout=True, readout_patch=3)
+
+
 @pytest.mark.parametrize("levels", [1, 2])
 def test_target_readout_only_reads_where_the_move_lands(levels: int) -> None:
     """The local head sees the feature maps only around the position the move reaches: changing the

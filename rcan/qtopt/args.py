@@ -95,6 +95,9 @@ class TrainArgs:
     """How many finer tower maps the target read-out samples (``QNetConfig.readout_levels``): 1 = the
     stride-4 map, 2 = also the stride-2 map (finer detail where the fingers close). Measured with 2: 59.8%
     after 24 min (seed 0), ~25% fewer gradient steps, no closer aim; not adopted."""
+    readout_patch: int = 1
+    """The target read-out samples this many points squared around where the move lands, one cell of the
+    stride-4 map apart (``QNetConfig.readout_patch``; 1: the landing point alone)."""
     move_aux_weight: float = 1.0
     """Weight of the auxiliary loss that teaches the target read-out where a move takes the gripper
     (squared error in fused-map cells against where the simulator shows the fingertips after the step,
@@ -461,6 +464,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         object_map=args.object_aux_weight > 0,
         target_readout=args.target_readout,
         readout_levels=args.readout_levels,
+        readout_patch=args.readout_patch,
         gripper_yaw=args.gripper_yaw,
         finger_readout=args.finger_readout,
         object_offsets=args.object_offset_weight > 0,

@@ -86,6 +86,13 @@ class QNetConfig:
     where the fingers close, receptive field 5 pixels), up to the number of tower convs (the last level is
     the image itself with its coordinate channels)."""
 
+    readout_patch: int = 1
+    """The target read-out samples a ``readout_patch`` x ``readout_patch`` grid of points around where the
+    move lands, one cell of the finest sampled map apart (1: the landing point alone), and its local head
+    gets all of them: the layout around the landing point (where the object lies relative to it, a wall
+    beside it) and not one blurred sample, so that a 2 cm miss can look different from a centred grasp.
+    Odd; not with ``finger_readout``."""
+
     gripper_yaw: bool = False
     """Read the gripper's yaw from the image: a linear map of both maps sampled at the located gripper
     gives (cos 2 psi, sin 2 psi) (the two-finger gripper looks the same turned by 180 degrees), taught by
@@ -141,6 +148,10 @@ class QNetConfig:
                 "target_readout needs gripper_keypoint (the read-out starts from the located gripper) "
                 "and at least two tower convs"
             )
+        if self.readout_patch < 1 or self.readout_patch % 2 == 0:
+            raise ValueError(f"readout_patch must be an odd number >= 1, got {self.readout_patch}")
+        if self.readout_patch > 1 and self.finger_readout:
+            raise ValueError("readout_patch > 1 does not combine with finger_readout")
         if not 1 <= self.readout_levels <= len(self.channels):
             raise ValueError(f"readout_levels must be in 1..{len(self.channels)}, got {self.readout_levels}")
         allowed = (6, 12) if self.first_frame else (3, 6)
@@ -271,7 +282,7 @@ class QNetwork(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.Linear(config.embed_hidden, 4 if fingers else 2),
             )
-            sampled = (fine_total + fused) * (3 if fingers else 1)
+            sampled = (fine_total + fused) * (3 if fingers else config.readout_patch**2)
             local_in = sampled + ACTION_DIM + 2 + STATE_DIM + (2 if config.gripper_yaw else 0)
             if config.object_offsets:
                 self.offset_head = nn.Linear(fine_total + fused, 2)
@@ -420,10 +431,13 @@ class QNetwork(nn.Module):
         # the yaw the fingers will close at: today's turned by the candidate's dyaw
         yaws = self._closing_yaws(feats, actions) if self.config.gripper_yaw else None
         p, d = self._move(feats, states, actions, yaws)
-        grid = p[:, :, None, :] if d is None else torch.stack([p, p + d, p - d], dim=2)  # (B, K, 1 or 3, 2)
-        sampled = self._sample_maps(feats, grid).permute(0, 2, 3, 1)  # (B, K, 1 or 3, C)
+        if d is None:  # the landing point, or a patch of points around it (the centre first)
+            grid = p[:, :, None, :] + self._patch_offsets(feats).to(p.dtype)  # (B, K, P, 2)
+        else:
+            grid = torch.stack([p, p + d, p - d], dim=2)  # (B, K, 3, 2)
+        sampled = self._sample_maps(feats, grid).permute(0, 2, 3, 1)  # (B, K, P or 3, C)
         if d is None:
-            sampled = sampled[:, :, 0]
+            sampled = sampled.flatten(2)
         else:  # the centre, and the two fingertips in a form that does not depend on their order
             f1, f2 = sampled[:, :, 1], sampled[:, :, 2]
             sampled = torch.cat([sampled[:, :, 0], f1 + f2, (f1 - f2).abs()], dim=-1)
@@ -436,6 +450,17 @@ class QNetwork(nn.Module):
             parts.append(self.offset_head(centre).clamp(-OFFSET_RANGE, OFFSET_RANGE))
         z = torch.cat(parts, dim=-1)
         return self.local_head(z)[..., 0]
+
+    def _patch_offsets(self, feats: torch.Tensor) -> torch.Tensor:
+        """(P, 2) offsets in image units of the read-out's sample points around the landing point, the
+        centre first, one cell of the finest sampled map apart (``readout_patch``)."""
+        n = self.config.readout_patch
+        side = feats.shape[-1] * (self._fine_scales[0] if self._fine_scales else 1)
+        steps = (torch.arange(n, dtype=feats.dtype, device=feats.device) - n // 2) * (2.0 / side)
+        grid = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), dim=-1).reshape(-1, 2)
+        centre = (n * n) // 2
+        order = [centre] + [i for i in range(n * n) if i != centre]
+        return grid[order]
 
     def gripper_coords(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) fused map -> (B, 2): the located gripper (x, y in [-1, 1]), read back from the

@@ -91,7 +91,7 @@ class Episode:
     branch_actions: np.ndarray | None = None
     """(M, 6) float32: the counterfactual grasps' actions (each closes and terminates)."""
     branch_rewards: np.ndarray | None = None
-    """(M,) float32: their rewards (-0.05, +1 if the lifted object was held)."""
+    """(M,) float32: their rewards (-0.05, or 0.95 where the lifted object was held)."""
     branch_fingers: np.ndarray | None = None
     """(M, 4) float32: where each of their moves put the fingertips in the state's image (a label)."""
 

@@ -3,8 +3,8 @@
 Why from ``episodes.jsonl`` and not from TensorBoard: every episode is there with its kind and outcome,
 so the curve can be recomputed with any window and compared across runs, and the x axis can be what the
 issue and the paper count, simulated grasps (training episodes, plus any counterfactual grasps tried at
-their closings), not gradient steps. The greedy episodes
-(``kind == "eval"``, a tenth of all episodes by default) run on test objects and are never trained on.
+their closings), not gradient steps. The greedy episodes (``kind == "eval"``, a tenth of all episodes by
+default) run on test objects and are never trained on.
 """
 
 from __future__ import annotations

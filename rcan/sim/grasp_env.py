@@ -209,8 +209,9 @@ class GraspEnv(gym.Env):
 
     def try_grasps(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Privileged, simulation only: the outcome of each of K alternative last actions (K, 6) from the
-        current state, the world put back exactly as it was after each (PyBullet ``saveState`` /
-        ``restoreState`` plus the gripper's commands); the episode goes on as if nothing happened. Each
+        current state, every pose, velocity and joint put back exactly after each (PyBullet ``saveState``
+        / ``restoreState`` plus the gripper's commands; not the solver's warm-start caches, see the module
+        docstring); the episode goes on from there. Each
         action must end the episode (terminate > 0) and close the gripper (gripper > 0): the lift decides
         its outcome and nothing is rendered. Returns the rewards (K,) (what ``step`` would have returned)
         and the ``finger_pixels`` (K, 4) of each move. Why: a closing's outcome is what the critic must

@@ -115,6 +115,8 @@ def test_evaluate_command_prints_rate_failures_and_retries(tmp_path, capsys) -> 
     assert main([*argv, "--out", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert "Wilson 95%" in out and "failures:" in out and "grasps per attempt:" in out
+    closed = any("close_yaw_offset" in a for a in json.loads((tmp_path / "ev" / "result.json").read_text())["per_attempt"])
+    assert ("closing yaw vs the wall-parallel yaw" in out) == closed
 
 
 def test_evaluation_reuses_the_same_objects() -> None:
@@ -215,3 +217,52 @@ def test_evaluate_cem_option() -> None:
             _parse_cem(bad)
     with pytest.raises(ValueError, match="elites"):
         _parse_cem("4,6,2")
+
+
+def test_wall_yaw_offset_follows_the_closing_yaw() -> None:
+    """The diagnostic measures the yaw the action closes at against the wall-parallel one, folded to 0-90."""
+    import math
+
+    from rcan.qtopt.evaluate import wall_yaw_offset
+    from rcan.sim.grasp_env import GraspEnv
+    from rcan.sim.scripted import wall_parallel_yaw
+
+    env = GraspEnv(image_size=16, object_split="test", render_observation=False)
+    try:
+        env.reset(seed=3)
+        close = np.array([0, 0, 0, 0, 1, 1], np.float32)
+        point = env.commanded_point(close)[:2]
+        best = wall_parallel_yaw(point, env.cell.config.tray_inner_half, env.cell.divider_x)
+        for turn_deg in (0.0, 20.0, 75.0):
+            env.cell.gripper.teleport(env.gripper_state()["tool"], best + math.radians(turn_deg))
+            env._yaw = env.cell.gripper.target_yaw
+            assert wall_yaw_offset(env, close) == pytest.approx(turn_deg, abs=1e-6)
+        # the action's own rotation counts, and a half turn is the same gripper
+        env.cell.gripper.teleport(env.gripper_state()["tool"], best + math.pi - math.radians(15.0))
+        env._yaw = env.cell.gripper.target_yaw
+        turned = close.copy()
+        turned[3] = 1.0  # +15 degrees
+        assert wall_yaw_offset(env, turned) == pytest.approx(0.0, abs=1e-6)
+        assert wall_yaw_offset(env, close) == pytest.approx(15.0, abs=1e-6)
+    finally:
+        env.close()
+
+
+def test_yaw_summary() -> None:
+    from rcan.qtopt.evaluate import yaw_summary
+
+    attempts = [
+        {"success": True, "close_yaw_offset": 10.0},
+        {"success": True, "close_yaw_offset": 50.0},
+        {"success": False, "close_yaw_offset": 80.0},
+        {"success": False, "close_yaw_offset": 20.0},
+        {"success": False},  # never closed: no yaw
+    ]
+    assert yaw_summary(attempts) == {
+        "mean_offset_successes": 30.0,
+        "mean_offset_failures": 50.0,
+        "closings_within_30": 2,
+        "success_within_30": 0.5,
+        "success_beyond_30": 0.5,
+    }
+    assert yaw_summary([{"success": False}])["mean_offset_failures"] is None

@@ -183,7 +183,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"grasps per attempt: {t['mean_grasps']:.2f}; {n} attempt{'' if n == 1 else 's'} reopened and "
         f"grasped again, {t['successes_after_a_retry']} of {'it' if n == 1 else 'them'} succeeded"
     )
+    y = r["yaw"]
+    if y["mean_offset_successes"] is not None or y["mean_offset_failures"] is not None:
+        print(
+            f"closing yaw vs the wall-parallel yaw: {_deg(y['mean_offset_successes'])} (mean) for successes, "
+            f"{_deg(y['mean_offset_failures'])} for failures; {y['closings_within_30']} closings within 30 deg "
+            f"succeed {_pct(y['success_within_30'])}, the others {_pct(y['success_beyond_30'])}"
+        )
     return 0
+
+
+def _deg(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f} deg"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
 
 
 def _cmd_learning_curve(args: argparse.Namespace) -> int:

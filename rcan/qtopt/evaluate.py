@@ -109,6 +109,7 @@ def evaluate_policy(
                     close = {
                         "close_height": float(obs["gripper_height"][0]),
                         "close_distance": round(env.closing_distance(action), 4),
+                        "close_yaw_offset": round(wall_yaw_offset(env, action), 1),
                     }
                     closing = {
                         "image": obs["image"],
@@ -140,6 +141,7 @@ def evaluate_policy(
         "mean_steps": float(np.mean([a["steps"] for a in per_attempt])),
         "failures": failure_breakdown(per_attempt),
         "retries": retry_summary(per_attempt),
+        "yaw": yaw_summary(per_attempt),
         "per_attempt": per_attempt,
         "frames": frames,
         "closings": closings,
@@ -160,6 +162,43 @@ def failure_breakdown(per_attempt: list[dict[str, Any]]) -> dict[str, int]:
         else:
             out["closed_at_an_object"] += 1
     return out
+
+
+def wall_yaw_offset(env: Any, action: np.ndarray) -> float:
+    """Degrees (0-90) between the yaw ``action`` closes at and the yaw whose fingers close parallel to the
+    wall or divider nearest to where it closes (``wall_parallel_yaw``, the oracle's). The two-finger
+    gripper is the same turned by 180 degrees. Why: at exact aim the wall-parallel yaw lifts 89% of the
+    objects, a yaw 60 degrees off it 60-62% (benchmarks/RESULTS.md, 2026-12-03), so an agent's yaw choice
+    is a large part of its success; privileged, read after acting."""
+    from rcan.sim.scripted import wall_parallel_yaw
+
+    point = env.commanded_point(action)[:2]
+    best = wall_parallel_yaw(point, env.cell.config.tray_inner_half, env.cell.divider_x)
+    diff = abs(math.degrees(env.commanded_yaw(action) - best)) % 180.0
+    return float(min(diff, 180.0 - diff))
+
+
+def yaw_summary(per_attempt: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    """The closing yaws against the wall-parallel yaw: mean offset (degrees) of successes and of failures
+    that closed, and the success rate of closings within 30 degrees of it and beyond (None: no such
+    closing)."""
+    closed = [a for a in per_attempt if "close_yaw_offset" in a]
+
+    def mean(rows: list[dict[str, Any]]) -> float | None:
+        return round(float(np.mean([a["close_yaw_offset"] for a in rows])), 1) if rows else None
+
+    def rate(rows: list[dict[str, Any]]) -> float | None:
+        return round(float(np.mean([bool(a["success"]) for a in rows])), 3) if rows else None
+
+    near = [a for a in closed if a["close_yaw_offset"] <= 30.0]
+    far = [a for a in closed if a["close_yaw_offset"] > 30.0]
+    return {
+        "mean_offset_successes": mean([a for a in closed if a["success"]]),
+        "mean_offset_failures": mean([a for a in closed if not a["success"]]),
+        "closings_within_30": len(near),
+        "success_within_30": rate(near),
+        "success_beyond_30": rate(far),
+    }
 
 
 def retry_summary(per_attempt: list[dict[str, Any]]) -> dict[str, float | int]:

@@ -321,6 +321,11 @@ class GraspEnv(gym.Env):
         """Privileged diagnostic: the (3,) position (m) that ``action`` commands the fingertips to."""
         return self._move_target(np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0))
 
+    def commanded_yaw(self, action: np.ndarray) -> float:
+        """Privileged diagnostic: the yaw (rad) that ``action`` turns the gripper to (as ``step`` does)."""
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        return float(np.clip(self._yaw + a[3] * self.max_rotation, -math.pi, math.pi))
+
     def closing_distance(self, action: np.ndarray) -> float:
         """Privileged diagnostic: the x-y distance (m) from where ``action`` takes the gripper's commanded
         position to the nearest object's centre (whether a policy aims; never an observation)."""
@@ -423,7 +428,7 @@ class GraspEnv(gym.Env):
         fingertips are in this step's input image, before any closing (``finger_pixels``, a label)."""
         g = self.cell.gripper
         target = self._move_target(a)
-        yaw = float(np.clip(self._yaw + a[3] * self.max_rotation, -math.pi, math.pi))
+        yaw = self.commanded_yaw(a)
         for k in range(1, self.substeps + 1):
             g.drive_towards(target, yaw, k / self.substeps)
             self.client.stepSimulation()

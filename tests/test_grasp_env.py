@@ -95,6 +95,23 @@ def test_finger_pixels_label_where_the_move_put_the_fingers(env) -> None:
     assert np.linalg.norm(info["finger_pixels"][:2] - info["finger_pixels"][2:]) > 0.25  # labelled open
 
 
+def test_wall_yaw_sign_labels_the_commanded_point(env) -> None:
+    """``wall_yaw_sign`` in step's info: +1 where the wall-parallel yaw at the point the move commanded is
+    0, -1 where it is 90 degrees; next to a side wall (x) it is +1, next to the near wall (y) -1."""
+    from rcan.sim.scripted import wall_parallel_yaw
+
+    env.reset(seed=2)
+    ix, iy = env.cell.config.tray_inner_half
+    for action in (np.array([0.3, -0.2, -0.5, 0.0, -1.0, -1.0]), np.array([-1.0, 1.0, 0.0, 0.0, -1.0, -1.0])):
+        point = env.commanded_point(action)[:2]
+        _, _, _, _, info = env.step(action)
+        best = wall_parallel_yaw(point, (ix, iy), env.cell.divider_x)
+        assert info["wall_yaw_sign"] == (1.0 if best == 0.0 else -1.0)
+    env.cell.place_divider(0.0)
+    assert env.wall_yaw_sign(np.array([ix - 0.01, 0.0])) == 1.0  # fingers along y: off the side wall
+    assert env.wall_yaw_sign(np.array([-0.1, iy - 0.01])) == -1.0  # fingers along x: off the far wall
+
+
 @pytest.mark.parametrize("domain", ["heavy", "real"])
 def test_rendering_never_changes_the_simulation(domain):
     plain, watched = GraspEnv(domain="canonical"), GraspEnv(domain=domain)

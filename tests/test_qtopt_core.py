@@ -41,22 +41,23 @@ def test_network_shapes(channels: int, keypoints: int, gripper: bool, readout: b
 
 
 @pytest.mark.parametrize(
-    ("keypoints", "gripper", "readout", "yaw", "fingers", "offsets"),
+    ("keypoints", "gripper", "readout", "yaw", "fingers", "offsets", "wall"),
     [
-        (0, False, False, False, False, False),
-        (8, False, False, False, False, False),
-        (0, True, False, False, False, False),
-        (0, True, True, False, False, False),
-        (0, True, True, False, False, True),
-        (0, True, True, True, False, False),
-        (0, True, True, True, True, False),
-        (0, True, True, True, True, True),
-        (0, True, 2, False, False, False),
-        (0, True, 3, True, True, False),
+        (0, False, False, False, False, False, False),
+        (8, False, False, False, False, False, False),
+        (0, True, False, False, False, False, False),
+        (0, True, True, False, False, False, False),
+        (0, True, True, False, False, True, False),
+        (0, True, True, True, False, False, False),
+        (0, True, True, True, False, False, True),
+        (0, True, True, True, True, False, False),
+        (0, True, True, True, True, True, True),
+        (0, True, 2, False, False, False, False),
+        (0, True, 3, True, True, False, False),
     ],
 )
 def test_tiled_candidates_equal_one_by_one(
-    keypoints: int, gripper: bool, readout: int, yaw: bool, fingers: bool, offsets: bool
+    keypoints: int, gripper: bool, readout: int, yaw: bool, fingers: bool, offsets: bool, wall: bool
 ) -> None:
     """``readout``: False, or True/an int (the read-out's ``readout_levels``)."""
     torch.manual_seed(1)
@@ -69,6 +70,7 @@ def test_tiled_candidates_equal_one_by_one(
             gripper_yaw=yaw,
             finger_readout=fingers,
             object_offsets=offsets,
+            wall_yaw=wall,
         )
     )
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
@@ -93,6 +95,8 @@ def test_wrong_channels_rejected() -> None:
         QNetConfig(gripper_keypoint=True, target_readout=True, finger_readout=True)
     with pytest.raises(ValueError, match="object_offsets needs target_readout"):
         QNetConfig(gripper_keypoint=True, object_offsets=True)
+    with pytest.raises(ValueError, match="wall_yaw needs gripper_yaw"):
+        QNetConfig(gripper_keypoint=True, target_readout=True, wall_yaw=True)
 
 
 def test_global_pool_reads_a_finer_map_at_the_global_heads_cost() -> None:
@@ -178,6 +182,39 @@ def test_object_offset_loss_learns_and_skips_unlabelled_rows() -> None:
         loss.backward()
         opt.step()
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_wall_yaw_loss_learns_the_sign_where_moves_land_and_feeds_the_alignment() -> None:
+    """The wall-yaw read-out learns a sign that depends on where in the image a move lands (left half +1,
+    right half -1, at the shifted landing point); unlabelled rows cost nothing; the local head's logits
+    depend on the read sign times the closing yaw."""
+    from rcan.qtopt.losses import wall_yaw_loss
+
+    torch.manual_seed(0)
+    net = QNetwork(QNetConfig(gripper_keypoint=True, target_readout=True, gripper_yaw=True, wall_yaw=True))
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
+    landing = torch.rand(8, 2) * 1.6 - 0.8
+    shifts = torch.randint(-4, 5, (8, 2)).float()
+    where = landing + shifts * (2.0 / 64)
+    signs = torch.where(where[:, 0] < 0, 1.0, -1.0)
+    nan = torch.full_like(signs, float("nan"))
+    assert float(wall_yaw_loss(net, net.features(images), nan, landing, shifts, 64)) == 0.0
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = wall_yaw_loss(net, net.features(images), signs, landing, shifts, 64)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = net.wall_yaw_logits(net.features(images), where[:, None])[:, 0]
+    assert float(loss.detach()) < 0.2 and ((logits > 0) == (signs > 0)).all()
+    # The local head's input carries w * cos(2 psi): zeroing the alignment weight changes the logits.
+    feats, states, cands = net.features(images), torch.rand(8, 2), torch.rand(8, 5, 6) * 2 - 1
+    with torch.no_grad():
+        before = net._local_logits(feats, states, cands)
+        net.local_head[0].weight[:, -1] = 0.0
+        after = net._local_logits(feats, states, cands)
+    assert not torch.allclose(before, after)
 
 
 def test_finger_loss_ignores_finger_order_and_missing_labels() -> None:

@@ -290,6 +290,7 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
         gripper_yaw=True,
         finger_readout=True,
         object_offset_weight=1.0,
+        wall_yaw_weight=1.0,
         scripted_aim_prob=1.0,
         seed=4,
     )
@@ -312,6 +313,9 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
     present = np.isfinite(scripted.object_pixels[:n]).all(axis=2)  # (n, MAX_OBJECTS)
     assert (present.sum(axis=1) == t.args.num_objects).all()  # every step labels the cell's objects
     assert all(np.isfinite(row["offset_aux"]) and row["offset_aux"] > 0 for row in progress)
+    assert set(np.unique(scripted.wall_yaw_signs[:n])) <= {-1.0, 1.0}  # every step is labelled
+    assert all(np.isfinite(row["wall_aux"]) and row["wall_aux"] > 0 for row in progress)
+    assert agent.network.config.wall_yaw
     with pytest.raises(ValueError, match="scripted_aim_prob"):
         Trainer(make_args("tiny", out=str(tmp_path / "bad"), collectors=0, scripted_aim_prob=2.0))
     with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
@@ -320,6 +324,10 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
         make_args("tiny", finger_readout=True)
     with pytest.raises(ValueError, match="object_offset_weight needs target_readout"):
         make_args("tiny", target_readout=False, object_offset_weight=1.0)
+    with pytest.raises(ValueError, match="wall_yaw needs gripper_yaw"):
+        make_args("tiny", wall_yaw_weight=1.0)
+    with pytest.raises(ValueError, match="wall_yaw_weight must be >= 0"):
+        make_args("tiny", gripper_yaw=True, wall_yaw_weight=-1.0)
 
 
 def test_counterfactual_grasps_become_one_step_terminal_transitions(tmp_path) -> None:

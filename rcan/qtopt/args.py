@@ -136,6 +136,12 @@ class TrainArgs:
     moved with the image's random shift; labels from the simulator (training only; ``real`` episodes
     carry none). 0: off. Measured with 1 (24 min, seed 0): 60.8% against 66.7% without; not adopted
     (benchmarks/RESULTS.md)."""
+    wall_yaw_weight: float = 0.0
+    """Weight of an auxiliary loss that teaches the read-out which closing yaw keeps the fingers off the
+    wall or divider nearest to where a move lands (``QNetConfig.wall_yaw``, which this turns on; needs
+    ``gripper_yaw``): cross-entropy at each transition's landing point against the simulator's
+    ``wall_yaw_sign`` (training only; ``real`` episodes carry none). The read-out's local head then gets
+    the read sign and its alignment with the closing yaw. 0: off."""
     object_offset_points: int = 6
     """Extra points per image at which the object-offset loss is taught (besides the landing point)."""
     batch_size: int = 32
@@ -384,6 +390,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("lr must be > 0, lr_final >= 0 and lr_decay_steps >= 1")
     if args.object_offset_weight < 0 or args.object_offset_points < 0:
         raise ValueError("object_offset_weight and object_offset_points must be >= 0")
+    if args.wall_yaw_weight < 0:
+        raise ValueError("wall_yaw_weight must be >= 0")
     if args.object_offset_weight > 0 and not args.target_readout:
         raise ValueError("object_offset_weight needs target_readout (offsets are read where the read-out looks)")
     network_config(args)  # the network's own checks (which options need which)
@@ -468,6 +476,7 @@ def network_config(args: TrainArgs) -> QNetConfig:
         gripper_yaw=args.gripper_yaw,
         finger_readout=args.finger_readout,
         object_offsets=args.object_offset_weight > 0,
+        wall_yaw=args.wall_yaw_weight > 0,
         global_pool=args.global_pool,
     )
 

@@ -85,6 +85,10 @@ class Episode:
     object_pixels: np.ndarray | None = None
     """(T, MAX_OBJECTS, 2) float32: where each object's grasp point appears in each state image, NaN rows
     for absent objects or envs that do not report them (privileged: the label of the object-offset loss)."""
+    wall_yaw_signs: np.ndarray | None = None
+    """(T,) float32: +1 or -1, which yaw keeps the fingers off the wall or divider nearest to where each
+    action's move went (privileged: the label of the wall-yaw read-out's loss; NaN where the env did not
+    report it)."""
     branch_steps: np.ndarray | None = None
     """(M,) int: for each counterfactual grasp (``CollectorConfig.grasp_branches``), the step whose state
     it started from (None: no branches)."""
@@ -394,6 +398,7 @@ class EpisodeRunner:
         self.scripted.reset(info)
         self.policy.reset(info)
         raw, imgs, states, actions, rewards, pixels, yaws, masks, fingers = [], [], [], [], [], [], [], [], []
+        walls: list[float] = []
         centres: list[np.ndarray] = []
         branches: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         branching = kind in ("scripted", "policy") and self.config.grasp_branches > 0
@@ -425,6 +430,7 @@ class EpisodeRunner:
                     branches.append((len(states), alt, *env.try_grasps(alt)))
             obs, r, done, _, info = env.step(a)
             fingers.append(info.get("finger_pixels", np.full(4, np.nan, np.float32)))
+            walls.append(info.get("wall_yaw_sign", math.nan))
             states.append(state)
             actions.append(np.asarray(a, np.float32))
             rewards.append(r)
@@ -453,6 +459,7 @@ class EpisodeRunner:
             finger_pixels=np.asarray(fingers, np.float32).reshape(-1, 4),
             object_masks=np.stack(masks) if masks and len(masks) == len(rewards) else None,
             object_pixels=np.stack(centres),
+            wall_yaw_signs=np.asarray(walls, np.float32),
             **_stack_branches(branches),
         )
 

@@ -128,6 +128,20 @@ def yaw_aux_loss(net: QNetwork, feats: torch.Tensor, yaws: torch.Tensor) -> torc
     return ((net.gripper_yaw_vector(feats[known]) - label) ** 2).sum(dim=1).mean()
 
 
+def wall_yaw_loss(
+    net: QNetwork, feats: torch.Tensor, signs: torch.Tensor, landing: torch.Tensor, shifts: torch.Tensor, width: int
+) -> torch.Tensor:
+    """Cross-entropy of the wall-parallel yaw read where each transition's move landed (``landing``, where the
+    simulator shows the fingertips after the step, moved with the image's random shift) against the
+    simulator's sign there (+1: yaw 0); rows without both labels count for nothing."""
+    points = landing + shifts * (2.0 / width)
+    known = torch.isfinite(signs) & torch.isfinite(points).all(dim=1)
+    if not known.any():
+        return torch.zeros(())
+    logits = net.wall_yaw_logits(feats[known], points[known][:, None])[:, 0]
+    return F.binary_cross_entropy_with_logits(logits, (signs[known] > 0).to(logits.dtype))
+
+
 def offset_points(
     centres: torch.Tensor, landing: torch.Tensor, extra: int, spread: float, generator: torch.Generator
 ) -> torch.Tensor:

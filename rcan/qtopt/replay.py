@@ -6,7 +6,8 @@ return and discount, the episode's discounted return from that step on (the Mont
 image (NaN when unknown; the label of the auxiliary gripper-keypoint loss) and in the next one (NaN at an
 episode's last step; the label of the target read-out's move loss), the gripper's yaw (NaN when
 unknown; the label of the gripper-yaw loss), and where the objects' grasp points appear (NaN when
-unknown; the label of the object-offset loss). The bootstrap state of slot
+unknown; the label of the object-offset loss), and which yaw keeps the fingers off the nearest wall where
+the move went (NaN when unknown; the label of the wall-yaw loss). The bootstrap state of slot
 i is slot i + k of the same episode, so every image is stored once (the terminal observation is never
 needed: there is no bootstrap from it). Episodes are kept contiguous (an episode that would straddle the
 end of the ring starts again at slot 0), and the ring is overwritten in increasing order, so a
@@ -43,7 +44,9 @@ class EpisodeSteps:
     that step's image before any closing, or None when unknown; object_masks (T, H, ceil(W / 8)) uint8, each image's
 object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None when unknown; object_pixels
     (T, MAX_OBJECTS, 2), where each object's grasp point appears in each image (NaN slots for absent
-    objects; see :func:`padded_object_pixels`), or None when unknown."""
+    objects; see :func:`padded_object_pixels`), or None when unknown; wall_yaw_signs (T,), +1 or -1: which yaw
+    keeps the fingers off the wall nearest to where each action's move went (``GraspEnv.wall_yaw_sign``),
+    or None when unknown."""
 
     images: np.ndarray
     states: np.ndarray
@@ -54,6 +57,7 @@ object pixels bit-packed along rows (``np.packbits(mask, axis=-1)``), or None wh
     tool_yaws: np.ndarray | None = None
     finger_pixels: np.ndarray | None = None
     object_pixels: np.ndarray | None = None
+    wall_yaw_signs: np.ndarray | None = None
 
 
 def branch_steps(
@@ -145,6 +149,7 @@ class ReplayBuffer:
         self.tool_yaws = np.full(capacity, np.nan, np.float32)
         self.finger_pixels = np.full((capacity, 4), np.nan, np.float32)
         self.object_pixels = np.full((capacity, MAX_OBJECTS, 2), np.nan, np.float32)
+        self.wall_yaw_signs = np.full(capacity, np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
         # Object masks (bit-packed, 1/24 of an RGB image) only in buffers that keep them.
@@ -191,6 +196,8 @@ class ReplayBuffer:
         self.finger_pixels[s] = np.nan if fingers is None else np.asarray(fingers, np.float32).reshape(t_len, 4)
         centres, shape = ep.object_pixels, (t_len, MAX_OBJECTS, 2)
         self.object_pixels[s] = np.nan if centres is None else np.asarray(centres, np.float32).reshape(shape)
+        signs = ep.wall_yaw_signs
+        self.wall_yaw_signs[s] = np.nan if signs is None else np.asarray(signs, np.float32).reshape(t_len)
         if self.object_masks is not None and self.mask_known is not None:
             known = ep.object_masks is not None
             self.mask_known[s] = known
@@ -204,7 +211,7 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        tool_pixels_after, tool_yaws, finger_pixels, object_pixels, next_images, next_states (for a transition without bootstrap, the
+        tool_pixels_after, tool_yaws, finger_pixels, object_pixels, wall_yaw_signs, next_images, next_states (for a transition without bootstrap, the
         next fields repeat the state; its discount is 0); from a buffer that keeps object masks, also
         object_masks (B, H, W) uint8 0/1 and mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
@@ -224,6 +231,7 @@ class ReplayBuffer:
             "tool_yaws": self.tool_yaws[i],
             "finger_pixels": self.finger_pixels[i],
             "object_pixels": self.object_pixels[i],
+            "wall_yaw_signs": self.wall_yaw_signs[i],
             "next_images": self.images[j],
             "next_states": self.states[j],
         }
@@ -254,6 +262,7 @@ class ReplayBuffer:
             f"{prefix}tool_yaws": self.tool_yaws[:n],
             f"{prefix}finger_pixels": self.finger_pixels[:n],
             f"{prefix}object_pixels": self.object_pixels[:n],
+            f"{prefix}wall_yaw_signs": self.wall_yaw_signs[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
         } | masks
@@ -276,7 +285,7 @@ class ReplayBuffer:
                 buf.mc_returns[:n] = arrays[f"{prefix}mc_returns"]
             else:  # written before version 0.3: no Monte-Carlo returns; 0 is no floor (targets are >= 0)
                 buf.mc_returns[:n] = 0.0
-            labels = ("tool_pixels", "tool_pixels_after", "tool_yaws", "finger_pixels", "object_pixels")
+            labels = ("tool_pixels", "tool_pixels_after", "tool_yaws", "finger_pixels", "object_pixels", "wall_yaw_signs")
             for name in labels:  # (older files: unknown, NaN, no auxiliary loss)
                 if f"{prefix}{name}" in arrays:
                     getattr(buf, name)[:n] = arrays[f"{prefix}{name}"]

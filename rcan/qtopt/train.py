@@ -80,6 +80,7 @@ from rcan.qtopt.losses import (
     object_aux_loss,
     object_offset_loss,
     shift_images,
+    wall_yaw_loss,
     yaw_aux_loss,
 )
 from rcan.qtopt.network import QNetwork
@@ -235,6 +236,7 @@ class Trainer:
             tool_yaws=ep.tool_yaws if sim else None,
             finger_pixels=ep.finger_pixels if sim else None,
             object_pixels=ep.object_pixels if sim else None,
+            wall_yaw_signs=ep.wall_yaw_signs if sim else None,
         )
         self.replay.add_episode(ep.kind, steps)
         self.env_steps += ep.length
@@ -319,6 +321,12 @@ class Trainer:
                 self.torch_rng,
             )
             loss = loss + a.object_offset_weight * offsets
+        wall = torch.zeros(())
+        if self.net.config.wall_yaw:
+            wall = wall_yaw_loss(
+                self.net, feats, batch["wall_yaw_signs"], batch["tool_pixels_after"], shifts, images.shape[-1]
+            )
+            loss = loss + a.wall_yaw_weight * wall
         obj = torch.zeros(())
         if masks is not None:
             obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
@@ -349,6 +357,7 @@ class Trainer:
             "finger_aux": float(finger.detach()),
             "object_aux": float(obj.detach()),
             "offset_aux": float(offsets.detach()),
+            "wall_aux": float(wall.detach()),
         }
 
     # -- checkpoints --------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ terminate > 0 ends the episode. Reward: -0.05 per step, +1 on success at the las
 terminal event; time is not observed). ``info["is_success"]`` on the last step; ``info["tool_pixel"]``:
 where the fingertips appear in the returned image (privileged, for auxiliary losses); ``step``'s info also has
 ``finger_pixels`` (4,): where the two fingertips were, in the step's *input* image, once the move was done
-and before any closing or lift (x1, y1, x2, y2; privileged, the label of the finger read-out); every info
+and before any closing or lift (x1, y1, x2, y2; privileged, the label of the finger read-out), and
+``wall_yaw_sign``, which yaw keeps the fingers off the wall or divider nearest to where the move went
+(see ``wall_yaw_sign()``; privileged, the label of the wall-yaw read-out); every info
 also has ``objects_xy`` (N, 2), where the objects are (privileged, for scripted exploration), and
 ``holding``, whether the closed fingers touch an object (privileged, see ``holding()``), ``divider_x``,
 where the divider stands (privileged), and ``object_pixels`` (N, 2), where each object's grasp point
@@ -57,6 +59,7 @@ from rcan.sim.domains import BANK, DOMAINS, PHOTO, FrameStyle, canonical_twin, s
 from rcan.sim.objects import ObjectSpec, catalogue, load_object
 from rcan.sim.renderer import CameraConfig, Renderer, camera_config
 from rcan.sim.scene import OBJECT, Cell, CellConfig
+from rcan.sim.scripted import wall_parallel_yaw
 from rcan.sim.stage import Stage
 from rcan.sim.textures import ImageFolderTextures, PhotoTextures, ProceduralTextures, TextureSource
 
@@ -193,6 +196,7 @@ class GraspEnv(gym.Env):
             raise ValueError(f"action must be 6 finite numbers, got {action!r}")
         a = np.clip(a, -1.0, 1.0)
         fingers = self._move_and_close(a)
+        wall_yaw_sign = self.wall_yaw_sign(self._target[:2])
         done = bool(a[5] > 0) or self._step >= self.max_steps
         reward = -0.05
         info = self._info()
@@ -205,6 +209,7 @@ class GraspEnv(gym.Env):
         info["tool_pixel"] = self.tool_pixel()
         info["object_pixels"] = self.object_pixels()
         info["finger_pixels"] = fingers
+        info["wall_yaw_sign"] = wall_yaw_sign
         return self._observation(info), reward, done, False, info
 
     def try_grasps(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -320,6 +325,14 @@ class GraspEnv(gym.Env):
     def commanded_point(self, action: np.ndarray) -> np.ndarray:
         """Privileged diagnostic: the (3,) position (m) that ``action`` commands the fingertips to."""
         return self._move_target(np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0))
+
+    def wall_yaw_sign(self, xy: np.ndarray) -> float:
+        """Privileged: +1.0 where the wall-parallel yaw at world point ``xy`` is 0 (the nearest wall or the
+        divider runs along y), -1.0 where it is 90 degrees (``rcan.sim.scripted.wall_parallel_yaw``, the
+        oracle's yaw). A closing yaw psi is aligned with it as far as ``sign * cos(2 psi)`` is near 1.
+        Also in ``step``'s info (``wall_yaw_sign``, at the point the move commanded: a training label)."""
+        best = wall_parallel_yaw(np.asarray(xy, np.float64), self.cell.config.tray_inner_half, self.cell.divider_x)
+        return 1.0 if best == 0.0 else -1.0
 
     def commanded_yaw(self, action: np.ndarray) -> float:
         """Privileged diagnostic: the yaw (rad) that ``action`` turns the gripper to (as ``step`` does)."""

@@ -170,10 +170,7 @@ def wall_yaw_offset(env: Any, action: np.ndarray) -> float:
     gripper is the same turned by 180 degrees. Why: at exact aim the wall-parallel yaw lifts 89% of the
     objects, a yaw 60 degrees off it 60-62% (benchmarks/RESULTS.md, 2026-12-03), so an agent's yaw choice
     is a large part of its success; privileged, read after acting."""
-    from rcan.sim.scripted import wall_parallel_yaw
-
-    point = env.commanded_point(action)[:2]
-    best = wall_parallel_yaw(point, env.cell.config.tray_inner_half, env.cell.divider_x)
+    best = env.wall_parallel_yaw(env.commanded_point(action)[:2])
     diff = abs(math.degrees(env.commanded_yaw(action) - best)) % 180.0
     return float(min(diff, 180.0 - diff))
 

@@ -386,6 +386,10 @@ class QNetwork(nn.Module):
             dim=1,
         )
 
+    def _sample_points(self, feats: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The maps sampled at image points (B, M, 2) in [-1, 1] -> (B, M, C_fine + F)."""
+        return self._sample_maps(feats, points[:, :, None, :]).permute(0, 2, 3, 1)[:, :, 0]
+
     def move_pixels(self, feats: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Where each candidate move takes the gripper in the image: feats (B, F, h, w), states (B, 2),
         actions (B, K, 6) -> (B, K, 2), x and y in [-1, 1] (``target_readout`` networks only)."""
@@ -429,16 +433,14 @@ class QNetwork(nn.Module):
         loss clips its labels; ``object_offsets`` networks only)."""
         if not self.config.object_offsets:
             raise ValueError("this network does not read object offsets")
-        sampled = self._sample_maps(feats, points[:, :, None, :]).permute(0, 2, 3, 1)[:, :, 0]  # (B, M, C)
-        return self.offset_head(sampled)
+        return self.offset_head(self._sample_points(feats, points))
 
     def wall_yaw_logits(self, feats: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w), image points (B, M, 2) in [-1, 1] -> (B, M): the logit that the wall-parallel yaw
         at each point is 0 rather than 90 degrees (``wall_yaw`` networks only)."""
         if not self.config.wall_yaw:
             raise ValueError("this network does not read the wall-parallel yaw")
-        sampled = self._sample_maps(feats, points[:, :, None, :]).permute(0, 2, 3, 1)[:, :, 0]  # (B, M, C)
-        return self.wall_head(sampled)[..., 0]
+        return self.wall_head(self._sample_points(feats, points))[..., 0]
 
     def gripper_yaw_vector(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) -> (B, 2): the gripper's (cos 2 psi, sin 2 psi) read where the gripper is located

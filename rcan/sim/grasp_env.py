@@ -326,13 +326,17 @@ class GraspEnv(gym.Env):
         """Privileged diagnostic: the (3,) position (m) that ``action`` commands the fingertips to."""
         return self._move_target(np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0))
 
+    def wall_parallel_yaw(self, xy: np.ndarray) -> float:
+        """Privileged: the yaw (0 or pi/2) whose fingers close parallel to the wall or divider nearest to world
+        point ``xy`` in this episode's cell (``rcan.sim.scripted.wall_parallel_yaw``, the oracle's yaw)."""
+        return wall_parallel_yaw(np.asarray(xy, np.float64), self.cell.config.tray_inner_half, self.cell.divider_x)
+
     def wall_yaw_sign(self, xy: np.ndarray) -> float:
         """Privileged: +1.0 where the wall-parallel yaw at world point ``xy`` is 0 (the nearest wall or the
-        divider runs along y), -1.0 where it is 90 degrees (``rcan.sim.scripted.wall_parallel_yaw``, the
-        oracle's yaw). A closing yaw psi is aligned with it as far as ``sign * cos(2 psi)`` is near 1.
-        Also in ``step``'s info (``wall_yaw_sign``, at the point the move commanded: a training label)."""
-        best = wall_parallel_yaw(np.asarray(xy, np.float64), self.cell.config.tray_inner_half, self.cell.divider_x)
-        return 1.0 if best == 0.0 else -1.0
+        divider runs along y), -1.0 where it is 90 degrees. A closing yaw psi is aligned with it as far as
+        ``sign * cos(2 psi)`` is near 1. Also in ``step``'s info (``wall_yaw_sign``, at the point the move
+        commanded: a training label)."""
+        return 1.0 if self.wall_parallel_yaw(xy) == 0.0 else -1.0
 
     def commanded_yaw(self, action: np.ndarray) -> float:
         """Privileged diagnostic: the yaw (rad) that ``action`` turns the gripper to (as ``step`` does)."""

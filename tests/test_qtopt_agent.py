@@ -136,6 +136,29 @@ def test_evaluation_reuses_the_same_objects() -> None:
     assert first["close_height"] > 0.15 and first["close_distance"] >= 0
     failed = sum(not a["success"] for a in r["per_attempt"])
     assert sum(r["failures"].values()) == failed == 2
+    assert r["object_split"] == "test"
+
+
+def test_evaluation_on_training_objects() -> None:
+    """``objects="train"`` draws the set from the training split (the generalization-gap diagnostic)."""
+    from rcan.sim.grasp_env import GraspEnv
+
+    class Lift:
+        def reset(self, info: dict) -> None:
+            pass
+
+        def act(self, obs: dict, info: dict) -> np.ndarray:
+            return np.array([0, 0, 0, 0, 1, 1], np.float32)
+
+    r = evaluate_policy(Lift(), "canonical", attempts=1, seed=4, strip_attempts=0, objects="train")
+    env = GraspEnv(object_split="train", render_observation=False)
+    train_names = {o.name for o in env.objects}
+    env.close()
+    assert r["object_split"] == "train" and set(r["objects"]) <= train_names
+    test = evaluate_policy(Lift(), "canonical", attempts=1, seed=4, strip_attempts=0)
+    assert not set(test["objects"]) & train_names
+    with pytest.raises(ValueError, match="objects must be"):
+        evaluate_policy(Lift(), "canonical", attempts=1, objects="val")
 
 
 def test_evaluation_records_the_last_closing() -> None:

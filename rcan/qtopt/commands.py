@@ -87,6 +87,12 @@ def register(sub: Any) -> None:
     e.add_argument("--texture-dir", default=None, help="folder of textures for randomized domains")
     e.add_argument("--attempts", type=int, default=102)
     e.add_argument("--seed", type=int, default=0, help="chooses the test objects and the drops")
+    e.add_argument(
+        "--objects",
+        choices=("test", "train"),
+        default="test",
+        help="object split: test (the protocol: unseen objects) or train (to measure the generalization gap)",
+    )
     e.add_argument("--out", default=None, help="output directory (default: eval/AGENT-DOMAIN-seedS)")
     e.add_argument("--generator", default=None, help="RCAN generator for an rcan agent (default: beside it)")
     e.add_argument(
@@ -165,10 +171,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     r = run_evaluation(
         args.agent, args.domain, args.attempts, args.seed, args.out, args.texture_dir, args.generator,
         cem=_parse_cem(args.cem),
+        objects=args.objects,
     )
     lo, hi = r["wilson95"]
     print(
-        f"{r['domain']}: {r['success_rate']:.1%} success ({r['successes']}/{r['attempts']}), "
+        f"{r['domain']}, {r['object_split']} objects: {r['success_rate']:.1%} success "
+        f"({r['successes']}/{r['attempts']}), "
         f"Wilson 95% [{lo:.1%}, {hi:.1%}]; wrote {r['result_json']}, {r['frames_png']} "
         f"and {r['closings_png']}"
     )

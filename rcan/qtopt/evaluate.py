@@ -1,7 +1,9 @@
 """The paper's evaluation protocol (section 5.1) in simulation.
 
 Each evaluation uses one fixed set of 5 or 6 unseen test objects (``object_split="test"``, chosen by the
-seed). Every attempt is an episode of at most 20 steps; after it, the same objects are dropped back into the
+seed); ``objects="train"`` draws the set from the training objects instead, to measure how much of the
+agent's success is generalization to new shapes (a diagnostic, not the paper's protocol). Every attempt
+is an episode of at most 20 steps; after it, the same objects are dropped back into the
 tray at random places (a reset with the same object set: the simplest honest version of "the grasped object
 is put back at a random location"). The success rate is reported with a Wilson 95% interval, which stays
 sensible at 0% or 100% and for 102 attempts.
@@ -50,17 +52,26 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 def make_eval_env(
-    domain: str, seed: int, image_size: int = 64, texture_dir: str | None = None, camera: str = "wide"
+    domain: str,
+    seed: int,
+    image_size: int = 64,
+    texture_dir: str | None = None,
+    camera: str = "wide",
+    objects: str = "test",
 ) -> Any:
-    """A GraspEnv whose every reset re-drops the same 5 or 6 test objects (chosen by ``seed``)."""
-    from rcan.sim.grasp_env import GraspEnv
+    """A GraspEnv whose every reset re-drops the same 5 or 6 objects of the ``objects`` split (chosen by
+    ``seed``)."""
+    from rcan.sim.grasp_env import OBJECT_SPLITS, GraspEnv
+
+    if objects not in OBJECT_SPLITS:
+        raise ValueError(f"objects must be one of {', '.join(OBJECT_SPLITS)}, got {objects!r}")
 
     rng = np.random.default_rng([seed, 5])
     n = int(rng.integers(5, 7))
     env = GraspEnv(
         domain=domain,
         image_size=image_size,
-        object_split="test",
+        object_split=objects,
         num_objects=n,
         texture_dir=texture_dir,
         camera=camera,
@@ -81,6 +92,7 @@ def evaluate_policy(
     texture_dir: str | None = None,
     strip_attempts: int = 4,
     camera: str = "wide",
+    objects: str = "test",
 ) -> dict[str, Any]:
     """Run the protocol; ``policy`` has ``reset(info)`` and ``act(obs, info)``. Returns the result dict
     plus ``frames`` (list of per-attempt frame lists) for the first ``strip_attempts`` attempts and
@@ -88,7 +100,7 @@ def evaluate_policy(
     coordinates; for :func:`save_closing_sheet`)."""
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
-    env = make_eval_env(domain, seed, image_size, texture_dir, camera)
+    env = make_eval_env(domain, seed, image_size, texture_dir, camera, objects)
     rng = np.random.default_rng([seed, 6])
     per_attempt: list[dict[str, Any]] = []
     frames: list[list[np.ndarray]] = []
@@ -125,7 +137,7 @@ def evaluate_policy(
                 closings.append({**closing, "success": success, "attempt": i})
             if i < strip_attempts:
                 frames.append(shots)
-        objects = env.episode_objects
+        episode_objects = env.episode_objects
     finally:
         env.close()
     k = sum(a["success"] for a in per_attempt)
@@ -136,7 +148,8 @@ def evaluate_policy(
         "successes": k,
         "success_rate": k / attempts,
         "wilson95": [lo, hi],
-        "objects": sorted(objects),
+        "objects": sorted(episode_objects),
+        "object_split": objects,
         "seed": seed,
         "mean_steps": float(np.mean([a["steps"] for a in per_attempt])),
         "failures": failure_breakdown(per_attempt),
@@ -278,11 +291,13 @@ def run_evaluation(
     generator: str | None = None,
     threads: int = 1,
     cem: Any = None,
+    objects: str = "test",
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
     and ``closings.png``.
 
     ``cem``: a ``CEMConfig`` to act with instead of the agent's own (None: its own; recorded in the result).
+    ``objects``: ``test`` (the protocol: unseen objects) or ``train`` (the objects the agent trained on).
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the
     protocol 4x slower than 1 (measured), so 1 is the default (0 keeps torch's choice)."""
@@ -312,10 +327,12 @@ def run_evaluation(
         image_size=policy.network.config.image_size,
         texture_dir=texture_dir,
         camera=policy.camera,
+        objects=objects,
     )
     frames = result.pop("frames")
     closings = result.pop("closings")
-    out_dir = Path(out) if out else Path("eval") / f"{path.parent.name}-{domain}-seed{seed}"
+    split = "" if objects == "test" else f"-{objects}"
+    out_dir = Path(out) if out else Path("eval") / f"{path.parent.name}-{domain}{split}-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result.update(
         {"agent": str(path), "input_mode": policy.input_mode, "camera": policy.camera, "texture_dir": texture_dir}

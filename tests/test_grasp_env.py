@@ -345,6 +345,30 @@ def test_scripted_retry_reopens_only_an_empty_grasp_with_steps_to_spare():
         ScriptedGraspPolicy(np.random.default_rng(0), retry_prob=-0.1)
 
 
+def test_scripted_lift_steps_rise_before_the_check():
+    """With ``lift_steps=3`` the closed gripper rises three steps after closing, then the check reopens an
+    empty grasp (with ``retry_prob=1``) or terminates; bad values raise."""
+    obs = {"gripper_height": np.array([0.03], np.float32), "gripper_closed": 1}
+    info = {"tool": np.array([0.0, 0.0, 0.03]), "yaw": 0.0, "step": 5, "holding": False}
+    pol = ScriptedGraspPolicy(np.random.default_rng(0), retry_prob=1.0, lift_steps=3, noise=0.0)
+    pol.reset(info)
+    pol.phase = "close"
+    assert pol.act(obs, info)[4] > 0
+    for _ in range(3):
+        a = pol.act(obs, info)
+        assert a[2] == 1.0 and a[4] > 0 and a[5] <= 0  # rise, closed, go on
+    again = pol.act(obs, info)
+    assert again[4] <= 0 and again[5] <= 0  # the check: nothing held, so reopen and try again
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="lift_steps"):
+            ScriptedGraspPolicy(np.random.default_rng(0), lift_steps=bad)
+    from rcan.qtopt.args import collector_config, make_args
+
+    assert collector_config(make_args("tiny", scripted_lift_steps=2)).scripted_lift_steps == 2
+    with pytest.raises(ValueError, match="scripted_lift_steps"):
+        make_args("tiny", scripted_lift_steps=0)
+
+
 def test_wall_yaw_aims_close_parallel_to_the_nearest_obstacle(env):
     """With ``wall_yaw_prob=1`` an aimed goal gets the oracle's yaw (from ``info["divider_x"]``); the goals
     themselves are drawn exactly as without it."""

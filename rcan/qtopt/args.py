@@ -220,6 +220,10 @@ class TrainArgs:
     ``rcan.sim.scripted``). Without it the replay never shows an empty grasp followed by a reopening, so
     the agent cannot learn QT-Opt's retries: every agent so far closes once and terminates. Measured with 1:
     61.8% after 24 min (seed 0), and the agent reopened in only 5 of 102 attempts; not adopted."""
+    scripted_lift_steps: int = 1
+    """Steps the scripted policy's closed gripper rises before it terminates, or, with
+    ``scripted_retry_prob``, checks whether it holds an object: one 4 cm step shows 47% of the grasps that
+    will fail, two 81%, three 96% (benchmarks/RESULTS.md, 2026-12-03)."""
     grasp_branches: int = 0
     """Beyond the paper, simulation only: at each closing of an open gripper in a scripted or on-policy
     episode, also try this many alternative closings from the same state (``GraspEnv.try_grasps``: the
@@ -387,6 +391,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
     for name in ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
+    if args.scripted_lift_steps < 1:
+        raise ValueError(f"scripted_lift_steps must be >= 1, got {args.scripted_lift_steps}")
     if args.grasp_branches < 0 or args.branch_std < 0 or not 0.0 <= args.branch_aim_prob <= 1.0:
         raise ValueError("grasp_branches and branch_std must be >= 0 and branch_aim_prob in [0, 1]")
     if args.lr <= 0 or args.lr_final < 0 or args.lr_decay_steps < 1:
@@ -508,6 +514,7 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         scripted_prob=0.0 if a.finetune_from else a.scripted_prob,
         scripted_aim_prob=a.scripted_aim_prob,
         scripted_retry_prob=a.scripted_retry_prob,
+        scripted_lift_steps=a.scripted_lift_steps,
         scripted_wall_yaw_prob=a.scripted_wall_yaw_prob,
         eval_prob=a.eval_prob,
         noise_std=a.noise_std,

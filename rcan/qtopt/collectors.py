@@ -150,6 +150,8 @@ class CollectorConfig:
     """Share of aimed scripted grasps with the oracle's wall-parallel yaw instead of a random one."""
     scripted_retry_prob: float = 0.0
     """Chance that a scripted grasp which holds nothing after its lift reopens and tries again."""
+    scripted_lift_steps: int = 1
+    """Steps the scripted policy's closed gripper rises before it checks or terminates."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the test objects (not for training)."""
     noise_std: float = 0.3
@@ -348,6 +350,7 @@ class EpisodeRunner:
             tray_half=self.env.cell.config.tray_inner_half,
             aim_prob=config.scripted_aim_prob,
             retry_prob=config.scripted_retry_prob,
+            lift_steps=config.scripted_lift_steps,
             wall_yaw_prob=config.scripted_wall_yaw_prob,
             max_steps=self.env.max_steps,
         )

@@ -166,6 +166,7 @@ def fit(args: argparse.Namespace) -> None:
 
     from rcan.common.presets import parse_settings
     from rcan.qtopt.args import TrainArgs, make_args, network_config
+    from rcan.qtopt.losses import gripper_aux_loss
     from rcan.qtopt.network import QNetwork, random_shift
 
     torch.manual_seed(args.seed)
@@ -209,10 +210,13 @@ def fit(args: argparse.Namespace) -> None:
             feats = net.features(images)
             states, acts = tensors["state"][idx], tensors["acts"][idx]
             logits = net.head(feats, states, acts)
+            # the trainer's two auxiliary losses; the landing-point one for all K candidates of a state at once
             cells = net.feature_shape[-1] / 2.0
-            g_err = (net.gripper_coords(feats) - (tensors["tool"][idx] + move)) * cells
             p_err = (net.move_pixels(feats, states, acts) - (tensors["after"][idx] + move[:, None])) * cells
-            aux = g_err.pow(2).sum(-1).mean() + p_err.pow(2).sum(-1).mean()
+            aux = (
+                gripper_aux_loss(net, feats, tensors["tool"][idx], shifts, args.size)
+                + p_err.pow(2).sum(-1).mean()
+            )
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, tensors["labels"][idx])
         opt.zero_grad()
         (loss + aux).backward()
@@ -233,6 +237,7 @@ def score(net, data: dict[str, np.ndarray], glimpse: bool = False) -> dict[str, 
     """Pick quality on held-out states: the success of the top-ranked closing, of a random one (mean),
     of the best one (any), and of the closing nearest an object's centre (privileged aim, any yaw)."""
     import torch
+    from bench_grasp_view import roc_auc  # this script's folder is on sys.path when it runs
 
     with torch.no_grad():
         logits = []
@@ -254,19 +259,8 @@ def score(net, data: dict[str, np.ndarray], glimpse: bool = False) -> dict[str, 
         "any": round(float(y.max(1).mean()), 3),
         "nearest_centre": round(float(nearest.mean()), 3),
         "pick_dist_cm": round(float(data["dist"][rows, q.argmax(1)].mean() * 100), 2),
-        "auc": round(_auc(q.ravel(), y.ravel()), 3),
+        "auc": round(roc_auc(q.ravel(), y.ravel()), 3),
     }
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(scores)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    pos = labels > 0.5
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def main(argv: list[str] | None = None) -> int:

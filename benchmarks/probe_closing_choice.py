@@ -40,33 +40,47 @@ def _fold_yaw(delta: np.ndarray) -> np.ndarray:
     return np.abs((np.degrees(delta) + 90.0) % 180.0 - 90.0)
 
 
-def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
-    split, seed, n_states, k, out = job
-    from rcan.sim.grasp_env import GraspEnv
+def _closing_states(env, seed: int, n_states: int):
+    """Yield (obs, info) at ``n_states`` states where an aimed scripted approach (privileged object
+    centre) is about to close; episodes seeded from ``seed``, so the same seed gives the same states."""
     from rcan.sim.scripted import ScriptedGraspPolicy
 
-    rng = np.random.default_rng(seed)
-    env = GraspEnv(domain="canonical", image_size=64, object_split=split)
     policy = ScriptedGraspPolicy(np.random.default_rng(seed + 1), aim_prob=1.0)
-    rows: dict[str, list] = {
-        n: []
-        for n in ("img64", "img128", "state", "tool", "acts", "labels", "after", "fingers", "dist", "yawoff")
-    }
-    episode = 0
-    while len(rows["labels"]) < n_states:
+    episode = found = 0
+    while found < n_states:
         obs, info = env.reset(seed=int(seed * 100_000 + episode))
         episode += 1
         policy.reset(info)
         done = False
         while not done and policy.phase != "close":
             obs, _, done, _, info = env.step(policy.act(obs, info))
-        if done:
-            continue
-        acts = np.zeros((k, 6), np.float32)
-        acts[:, :2] = rng.uniform(-1, 1, (k, 2))
-        acts[:, 2] = -1.0
-        acts[:, 3] = rng.uniform(-1, 1, k)
-        acts[:, 4:] = 1.0
+        if not done:
+            found += 1
+            yield obs, info
+
+
+def _closings(rng: np.random.Generator, k: int) -> np.ndarray:
+    """K closings within one step's reach: dx, dy uniform over the step (+-4 cm), dyaw uniform (+-15 deg)."""
+    acts = np.zeros((k, 6), np.float32)
+    acts[:, :2] = rng.uniform(-1, 1, (k, 2))
+    acts[:, 2] = -1.0
+    acts[:, 3] = rng.uniform(-1, 1, k)
+    acts[:, 4:] = 1.0
+    return acts
+
+
+def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
+    split, seed, n_states, k, out = job
+    from rcan.sim.grasp_env import GraspEnv
+
+    rng = np.random.default_rng(seed)
+    env = GraspEnv(domain="canonical", image_size=64, object_split=split)
+    rows: dict[str, list] = {
+        n: []
+        for n in ("img64", "img128", "state", "tool", "acts", "labels", "after", "fingers", "dist", "yawoff")
+    }
+    for obs, info in _closing_states(env, seed, n_states):
+        acts = _closings(rng, k)
         dist = np.array([env.closing_distance(a) for a in acts], np.float32)
         yaw_off = np.array(
             [
@@ -103,6 +117,79 @@ def gen(args: argparse.Namespace) -> None:
     with Pool(args.workers) as pool:
         res = pool.map(_gen_worker, jobs)
     print(json.dumps({"split": args.split, "workers": res, "seconds": round(time.time() - t, 1)}))
+
+
+def _noise_worker(job: tuple[str, int, int, int, tuple[tuple[float, float], ...], int]) -> dict:
+    split, seed, n_states, k, scales, repeats = job
+    from rcan.sim.grasp_env import GraspEnv
+
+    rng, jitter = np.random.default_rng(seed), np.random.default_rng([seed, 7])
+    env = GraspEnv(domain="canonical", image_size=64, object_split=split)
+    unit_m, unit_deg = env.max_translation, math.degrees(env.max_rotation)
+    base, perturbed, dist = [], [], []
+    for _obs, _info in _closing_states(env, seed, n_states):
+        acts = _closings(rng, k)  # the same closings as ``gen`` draws for these seeds
+        dist.append([env.closing_distance(a) for a in acts])
+        base.append(env.try_grasps(acts)[0] > 0)
+        per_scale = []
+        for mm, deg in scales:
+            tries = np.repeat(acts[None], repeats, 0)  # (P, K, 6)
+            tries[..., :2] += jitter.normal(0.0, mm / 1000.0 / unit_m, (repeats, k, 2))
+            tries[..., 3] += jitter.normal(0.0, deg / unit_deg, (repeats, k))
+            per_scale.append(env.try_grasps(tries.reshape(-1, 6))[0].reshape(repeats, k) > 0)
+        perturbed.append(per_scale)
+    env.close()
+    return {"base": np.array(base), "perturbed": np.array(perturbed), "dist": np.array(dist)}
+
+
+def noise(args: argparse.Namespace) -> None:
+    """How repeatable is a closing's outcome, and how well would a picker do that knew each closing's
+    success *probability* (its neighbourhood's mean) exactly? Labels the same states and closings as
+    ``gen`` (same seeds), then each closing again ``--repeats`` times with its aim moved by N(0, mm) in x
+    and y and its yaw by N(0, deg), for each ``--scales`` pair (0,0 = the same closing again: what
+    ``restoreState`` leaves of the solver's history). The smoothed pick is the closing whose perturbed
+    copies lift most often, scored by its own (unperturbed) outcome, which its estimate did not see."""
+    scales = tuple(tuple(float(v) for v in pair.split(",")) for pair in args.scales.split(";"))
+    per = math.ceil(args.states / args.workers)
+    base_seed = 1000 if args.split == "test" else 0
+    jobs = [
+        (args.split, base_seed + args.seed * 10 + w, per, args.k, scales, args.repeats)
+        for w in range(args.workers)
+    ]
+    t = time.time()
+    with Pool(args.workers) as pool:
+        parts = pool.map(_noise_worker, jobs)
+    base = np.concatenate([p["base"] for p in parts]).astype(np.float64)  # (N, K)
+    pert = np.concatenate([p["perturbed"] for p in parts]).astype(np.float64)  # (N, S, P, K)
+    dist = np.concatenate([p["dist"] for p in parts])
+    rows = np.arange(len(base))
+    tie = np.random.default_rng(args.seed).random(base.shape) * 1e-3  # random tie-break
+    out = {
+        "states": len(base),
+        "closings": int(base.size),
+        "seconds": round(time.time() - t, 1),
+        "base_success": round(base.mean(), 3),
+        "any": round(base.max(1).mean(), 3),
+        "nearest_centre": round(base[rows, dist.argmin(1)].mean(), 3),
+        "scales": [],
+    }
+    for i, (mm, deg) in enumerate(scales):
+        p_hat = pert[:, i].mean(1)  # (N, K)
+        pick = (p_hat + tie).argmax(1)
+        out["scales"].append(
+            {
+                "mm": mm,
+                "deg": deg,
+                "flip": round(np.abs(pert[:, i] - base[:, None]).mean(), 3),
+                "flip_of_successes": round(
+                    np.abs(pert[:, i] - 1.0)[base[:, None].repeat(args.repeats, 1) > 0].mean(), 3
+                ),
+                "smoothed_pick": round(base[rows, pick].mean(), 3),
+                "smoothed_pick_estimate": round(p_hat[rows, pick].mean(), 3),
+                "states_with_a_sure_closing": round((p_hat.max(1) >= 1.0).mean(), 3),
+            }
+        )
+    print(json.dumps(out, indent=1))
 
 
 def _load(data: str, split: str, size: int) -> dict[str, np.ndarray]:
@@ -273,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--k", type=int, default=16)
     g.add_argument("--workers", type=int, default=2)
     g.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("noise", help="repeat each closing with small perturbations; the smoothed picker")
+    r.add_argument("--states", type=int, default=200)
+    r.add_argument("--split", choices=("train", "test"), default="test")
+    r.add_argument("--k", type=int, default=16)
+    r.add_argument("--scales", default="0,0;2,2;5,5", help="'mm,deg;mm,deg;...' perturbation std")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("fit", help="fit the Q-network to the labels; score its picks on test states")
     f.add_argument("--data", required=True)
     f.add_argument("--size", type=int, choices=(64, 128), default=64)
@@ -291,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--glimpse-channels", default="16,32,32")
     f.add_argument("--json", default="")
     args = parser.parse_args(argv)
-    gen(args) if args.cmd == "gen" else fit(args)
+    {"gen": gen, "noise": noise, "fit": fit}[args.cmd](args)
     return 0
 
 

@@ -58,14 +58,20 @@ def collect(n: int, split: str, camera: str | None, workers: int) -> dict[str, t
     jobs = [(w, n // workers + (w < n % workers), split, camera) for w in range(workers)]
     with mp.get_context("spawn").Pool(workers) as pool:
         parts = pool.map(_collect, jobs)
-    return {k: torch.from_numpy(np.concatenate([p[k] for p in parts])).float() if k != "images"
-            else torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
+    return {
+        k: torch.from_numpy(np.concatenate([p[k] for p in parts])).float()
+        if k != "images"
+        else torch.from_numpy(np.concatenate([p[k] for p in parts]))
+        for k in parts[0]
+    }
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(scores)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(len(scores))
+    """Area under the ROC curve (Mann-Whitney); tied scores share their mean rank (count half)."""
+    scores = np.asarray(scores, np.float64)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ranks = (first + (counts - 1) / 2.0)[inverse]
     pos = labels > 0.5
     n1, n0 = pos.sum(), (~pos).sum()
     return float((ranks[pos].sum() - n1 * (n1 - 1) / 2) / (n1 * n0))
@@ -120,8 +126,11 @@ def main() -> None:
     }
     print("| camera | train / test episodes | test AUC (final) | AUC curve |")
     print("|---|---|---|---|")
-    print(f"| {result['camera']} | {a.train} / {a.test} | {curve[-1][1]:.3f} | "
-          + ", ".join(f"{s}: {v:.2f}" for s, v in curve) + " |")
+    print(
+        f"| {result['camera']} | {a.train} / {a.test} | {curve[-1][1]:.3f} | "
+        + ", ".join(f"{s}: {v:.2f}" for s, v in curve)
+        + " |"
+    )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -149,6 +149,8 @@ def noise(args: argparse.Namespace) -> None:
     and y and its yaw by N(0, deg), for each ``--scales`` pair (0,0 = the same closing again: what
     ``restoreState`` leaves of the solver's history). The smoothed pick is the closing whose perturbed
     copies lift most often, scored by its own (unperturbed) outcome, which its estimate did not see."""
+    from bench_grasp_view import roc_auc  # this script's folder is on sys.path when it runs
+
     scales = tuple(tuple(float(v) for v in pair.split(",")) for pair in args.scales.split(";"))
     per = math.ceil(args.states / args.workers)
     base_seed = 1000 if args.split == "test" else 0
@@ -185,6 +187,7 @@ def noise(args: argparse.Namespace) -> None:
                     np.abs(pert[:, i] - 1.0)[base[:, None].repeat(args.repeats, 1) > 0].mean(), 3
                 ),
                 "smoothed_pick": round(base[rows, pick].mean(), 3),
+                "auc_of_estimate": round(roc_auc(p_hat.ravel(), base.ravel()), 3),
                 "smoothed_pick_estimate": round(p_hat[rows, pick].mean(), 3),
                 "states_with_a_sure_closing": round((p_hat.max(1) >= 1.0).mean(), 3),
             }

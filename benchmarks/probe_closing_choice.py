@@ -43,20 +43,23 @@ def _fold_yaw(delta: np.ndarray) -> np.ndarray:
 def _closing_states(env, seed: int, n_states: int):
     """Yield (obs, info) at ``n_states`` states where an aimed scripted approach (privileged object
     centre) is about to close; episodes seeded from ``seed``, so the same seed gives the same states."""
+    from probe_retry_value import approach  # this script's folder is on sys.path when it runs
+
     from rcan.sim.scripted import ScriptedGraspPolicy
 
     policy = ScriptedGraspPolicy(np.random.default_rng(seed + 1), aim_prob=1.0)
     episode = found = 0
     while found < n_states:
-        obs, info = env.reset(seed=int(seed * 100_000 + episode))
+        state = approach(env, policy, int(seed * 100_000 + episode))
         episode += 1
-        policy.reset(info)
-        done = False
-        while not done and policy.phase != "close":
-            obs, _, done, _, info = env.step(policy.act(obs, info))
-        if not done:
+        if state is not None:
             found += 1
-            yield obs, info
+            yield state
+
+
+def _worker_seeds(split: str, seed: int, workers: int) -> list[int]:
+    """The episode seed of each worker: ``gen`` and ``noise`` with the same arguments see the same states."""
+    return [(1000 if split == "test" else 0) + seed * 10 + w for w in range(workers)]
 
 
 def _closings(rng: np.random.Generator, k: int) -> np.ndarray:
@@ -111,8 +114,9 @@ def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
 def gen(args: argparse.Namespace) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     per = math.ceil(args.states / args.workers)
-    base = 1000 if args.split == "test" else 0
-    jobs = [(args.split, base + args.seed * 10 + w, per, args.k, args.out) for w in range(args.workers)]
+    jobs = [
+        (args.split, s, per, args.k, args.out) for s in _worker_seeds(args.split, args.seed, args.workers)
+    ]
     t = time.time()
     with Pool(args.workers) as pool:
         res = pool.map(_gen_worker, jobs)
@@ -153,10 +157,9 @@ def noise(args: argparse.Namespace) -> None:
 
     scales = tuple(tuple(float(v) for v in pair.split(",")) for pair in args.scales.split(";"))
     per = math.ceil(args.states / args.workers)
-    base_seed = 1000 if args.split == "test" else 0
     jobs = [
-        (args.split, base_seed + args.seed * 10 + w, per, args.k, scales, args.repeats)
-        for w in range(args.workers)
+        (args.split, s, per, args.k, scales, args.repeats)
+        for s in _worker_seeds(args.split, args.seed, args.workers)
     ]
     t = time.time()
     with Pool(args.workers) as pool:

@@ -36,7 +36,7 @@ RISE = np.array([0, 0, 1, 0, 1, -1], np.float32)
 END = np.array([0, 0, 0, 0, 1, 1], np.float32)
 
 
-def _approach(env, policy, seed: int):
+def approach(env, policy, seed: int):
     """Reset and run the aimed scripted policy to the step where it would close; None if it ended first."""
     obs, info = env.reset(seed=seed)
     policy.reset(info)
@@ -55,7 +55,7 @@ def lift(episodes: int) -> dict:
     rows, ep = [], 0
     while len(rows) < episodes:
         ep += 1
-        if _approach(env, policy, 50_000 + ep - 1) is None:
+        if approach(env, policy, 50_000 + ep - 1) is None:
             continue
         held = [env.step(CLOSE)[4]["holding"]]
         held += [env.step(RISE)[4]["holding"] for _ in range(3)]

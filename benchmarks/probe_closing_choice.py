@@ -22,6 +22,7 @@ Data are throwaway files (npz) in ``--out``; nothing here is used by the package
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -72,6 +73,16 @@ def _closings(rng: np.random.Generator, k: int) -> np.ndarray:
     return acts
 
 
+def _aux_channels(frame) -> np.ndarray:
+    """Privileged channels of a 64x64 render as uint8 (H, W, 3): depth (0.45-1.0 m over 0-255, ~2 mm a
+    level), the object mask and the robot (arm and gripper) mask: does more than RGB tell a closing?"""
+    from rcan.sim.stage import OBJECT, ROBOT
+
+    d = np.clip((frame.depth - 0.45) / 0.55, 0.0, 1.0) * 255.0
+    seg = frame.segmentation
+    return np.stack([d, (seg == OBJECT) * 255.0, (seg == ROBOT) * 255.0], -1).round().astype(np.uint8)
+
+
 def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
     split, seed, n_states, k, out = job
     from rcan.sim.grasp_env import GraspEnv
@@ -80,7 +91,19 @@ def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
     env = GraspEnv(domain="canonical", image_size=64, object_split=split)
     rows: dict[str, list] = {
         n: []
-        for n in ("img64", "img128", "state", "tool", "acts", "labels", "after", "fingers", "dist", "yawoff")
+        for n in (
+            "img64",
+            "img128",
+            "aux64",
+            "state",
+            "tool",
+            "acts",
+            "labels",
+            "after",
+            "fingers",
+            "dist",
+            "yawoff",
+        )
     }
     for obs, info in _closing_states(env, seed, n_states):
         acts = _closings(rng, k)
@@ -94,6 +117,7 @@ def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
         )
         env.stage.sync(env.cell)
         img128 = env.renderer.render(env._style, 128).rgb
+        rows["aux64"].append(_aux_channels(env.renderer.render(env._style, 64, aux=True)))
         rewards, fingers = env.try_grasps(acts)
         rows["img64"].append(obs["image"])
         rows["img128"].append(img128)
@@ -198,7 +222,10 @@ def noise(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=1))
 
 
-def _load(data: str, split: str, size: int) -> dict[str, np.ndarray]:
+EXTRA = {"depth": (0, 0, 0), "seg": (1, 2, 2), "both": (0, 1, 2)}  # which aux64 planes fill 3 more channels
+
+
+def _load(data: str, split: str, size: int, extra: str = "") -> dict[str, np.ndarray]:
     files = sorted(Path(data).glob(f"{split}-*.npz"))
     if not files:
         raise SystemExit(f"no {split}-*.npz in {data}")
@@ -206,6 +233,11 @@ def _load(data: str, split: str, size: int) -> dict[str, np.ndarray]:
     out = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
     out["img"] = out.pop(f"img{size}")
     out.pop("img128" if size == 64 else "img64")
+    aux = out.pop("aux64", None)
+    if extra:
+        if aux is None or size != 64:
+            raise SystemExit("--extra needs 64x64 data generated with aux64 (re-run gen)")
+        out["img"] = np.concatenate([out["img"], aux[..., list(EXTRA[extra])]], -1)
     return out
 
 
@@ -274,13 +306,19 @@ def fit(args: argparse.Namespace) -> None:
     if glimpse:
         net = make_glimpse(args.glimpse, args.span, tuple(int(c) for c in args.glimpse_channels.split(",")))
     else:
-        net = QNetwork(network_config(make_args("default", **overrides)))
-    train, test = _load(args.data, "train", args.size), _load(args.data, "test", args.size)
+        config = network_config(make_args("default", **overrides))
+        if args.extra:
+            config = dataclasses.replace(config, in_channels=6)  # RGB + three privileged planes
+        net = QNetwork(config)
+    train, test = (
+        _load(args.data, "train", args.size, args.extra),
+        _load(args.data, "test", args.size, args.extra),
+    )
     if args.train_states:
         train = {n: v[: args.train_states] for n, v in train.items()}
     opt = torch.optim.Adam(net.parameters(), lr=3e-4)
     gen_ = torch.Generator().manual_seed(args.seed)
-    pad = args.size // 16
+    pad = args.size // 16 if args.pad < 0 else args.pad
     t_img = torch.from_numpy(train["img"]).permute(0, 3, 1, 2).contiguous()
     names = ("state", "tool", "acts", "labels", "after") + (("fingers",) if glimpse else ())
     tensors = {n: torch.from_numpy(train[n]) for n in names}
@@ -381,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--channels", default="")
     f.add_argument("--steps", type=int, default=4000)
     f.add_argument("--batch", type=int, default=32)
+    f.add_argument("--pad", type=int, default=-1, help="random-shift pixels (-1: the trainer's size // 16)")
     f.add_argument("--train-states", type=int, default=0, help="use only the first N training states")
     f.add_argument("--eval-every", type=int, default=500)
     f.add_argument("--seed", type=int, default=0)
@@ -391,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--span", type=float, default=1.6, help="glimpse half-width in fingertip half-distances")
     f.add_argument("--glimpse-channels", default="16,32,32")
     f.add_argument("--json", default="")
+    f.add_argument(
+        "--extra",
+        choices=("", *EXTRA),
+        default="",
+        help="privileged planes stacked on RGB (a diagnosis only)",
+    )
     args = parser.parse_args(argv)
     {"gen": gen, "noise": noise, "fit": fit}[args.cmd](args)
     return 0

@@ -289,3 +289,37 @@ def test_yaw_summary() -> None:
         "success_beyond_30": 0.5,
     }
     assert yaw_summary([{"success": False}])["mean_offset_failures"] is None
+
+
+def test_shifted_views_move_the_content() -> None:
+    from rcan.qtopt.agent import VIEW_SHIFTS, shifted_views
+
+    img = torch.zeros(1, 3, 16, 16)
+    img[0, :, 8, 5] = 255.0  # one bright pixel at x=5, y=8
+    views = shifted_views(img, len(VIEW_SHIFTS))
+    assert views.shape == (len(VIEW_SHIFTS), 3, 16, 16)
+    for view, (dx, dy) in zip(views, VIEW_SHIFTS, strict=True):
+        ys, xs = torch.nonzero(view[0] > 0, as_tuple=True)
+        assert (xs.tolist(), ys.tolist()) == ([5 + dx], [8 + dy])
+    assert shifted_views(img, 1) is img
+
+
+def test_policy_averages_q_over_shifted_views() -> None:
+    from rcan.qtopt.agent import shifted_views
+
+    torch.manual_seed(0)
+    net = QNetwork(SMALL).eval()
+    obs = _obs(np.random.default_rng(1))
+    one = QTOptPolicy(net, CEMConfig(16, 4, 2), seed=3)
+    five = QTOptPolicy(net, CEMConfig(16, 4, 2), seed=3, view_shifts=5)
+    image, state = five.prepare(obs)
+    a5, q5 = five.act_prepared(image, state)
+    # the score it maximized: the mean logit of the five views at the chosen action
+    views = shifted_views(torch.from_numpy(image)[None], 5)
+    with torch.no_grad():
+        logits = net(views, torch.from_numpy(state)[None].expand(5, -1), torch.from_numpy(a5)[None, None].expand(5, 1, 6))
+    assert q5 == pytest.approx(float(torch.sigmoid(logits.mean())), abs=1e-5)
+    _, q1 = one.act_prepared(image, state)
+    assert q1 != pytest.approx(q5, abs=1e-7)
+    with pytest.raises(ValueError, match="view_shifts"):
+        QTOptPolicy(net, view_shifts=10)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rcan.common.checkpoint import load_safetensors, load_weights_strict, save_safetensors_atomic
@@ -71,6 +72,21 @@ def obs_state(obs: Mapping[str, Any]) -> np.ndarray:
     )
 
 
+VIEW_SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2), (2, 2), (-2, -2), (2, -2), (-2, 2))
+"""Pixel shifts (x, y) of the image for test-time averaging, inside the +-4 pixels of training's DrQ shift."""
+
+
+def shifted_views(images: torch.Tensor, n: int) -> torch.Tensor:
+    """(1, C, H, W) -> (n, C, H, W): the image moved by the first ``n`` of ``VIEW_SHIFTS`` (replicate
+    padding, as training's random shift pads), the unshifted image first."""
+    if n == 1:
+        return images
+    pad = max(max(abs(x), abs(y)) for x, y in VIEW_SHIFTS[:n])
+    h, w = images.shape[-2:]
+    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
+    return torch.cat([padded[..., pad - y : pad - y + h, pad - x : pad - x + w] for x, y in VIEW_SHIFTS[:n]])
+
+
 class QTOptPolicy:
     """Greedy QT-Opt policy: ``reset(info)`` per episode, ``act(obs, info) -> action (6,) float32``."""
 
@@ -82,8 +98,11 @@ class QTOptPolicy:
         generator: nn.Module | None = None,
         seed: int = 0,
         camera: str = "wide",
+        view_shifts: int = 1,
     ) -> None:
         check_input_mode(input_mode)
+        if not 1 <= view_shifts <= len(VIEW_SHIFTS):
+            raise ValueError(f"view_shifts must be in 1..{len(VIEW_SHIFTS)}, got {view_shifts}")
         need = image_channels(input_mode, network.config.first_frame)
         if network.config.in_channels != need:
             raise ValueError(
@@ -98,6 +117,8 @@ class QTOptPolicy:
         self.camera = camera
         """The env camera the agent was trained with (``rcan.sim.renderer.CAMERAS``)."""
         self.torch_rng = torch.Generator().manual_seed(seed)
+        self.view_shifts = view_shifts
+        """Test-time augmentation: Q is the mean logit over this many shifted copies of the image (1: off)."""
         self._first: np.ndarray | None = None
 
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
@@ -117,11 +138,15 @@ class QTOptPolicy:
     @torch.no_grad()
     def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
         """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate)."""
-        feats = self.network.features(torch.from_numpy(image)[None])
-        s = torch.from_numpy(state)[None]
-        a, logit = cem_maximize(
-            lambda c: self.network.head(feats, s, c), 1, self.cem, generator=self.torch_rng
-        )
+        views = shifted_views(torch.from_numpy(image)[None], self.view_shifts)
+        feats = self.network.features(views)  # the tower once per view, not per candidate
+        n = len(views)
+        s = torch.from_numpy(state)[None].expand(n, -1)
+
+        def score(c: torch.Tensor) -> torch.Tensor:
+            return self.network.head(feats, s, c.expand(n, -1, -1)).mean(0, keepdim=True)
+
+        a, logit = cem_maximize(score, 1, self.cem, generator=self.torch_rng)
         return a[0].numpy().astype(np.float32), float(torch.sigmoid(logit[0]))
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -175,6 +200,7 @@ def load_agent(
     generator: str | os.PathLike[str] | nn.Module | None = None,
     cem: CEMConfig | None = None,
     seed: int = 0,
+    view_shifts: int = 1,
 ) -> QTOptPolicy:
     """Rebuild the greedy policy from an agent file or a directory holding one."""
     net, metadata = load_network(path)
@@ -188,7 +214,8 @@ def load_agent(
     gen_model = None
     if mode == "rcan":
         gen_model = _resolve_generator(resolve_agent_path(path), generator, metadata)
-    return QTOptPolicy(net, cem, mode, gen_model, seed=seed, camera=metadata.get("camera", "wide"))
+    camera = metadata.get("camera", "wide")
+    return QTOptPolicy(net, cem, mode, gen_model, seed=seed, camera=camera, view_shifts=view_shifts)
 
 
 def _resolve_generator(agent: Path, generator: Any, metadata: Mapping[str, str]) -> nn.Module:

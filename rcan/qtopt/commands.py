@@ -101,6 +101,13 @@ def register(sub: Any) -> None:
         metavar="SAMPLES,ELITES,ITERATIONS",
         help="action search to act with instead of the agent's own (e.g. 64,6,3)",
     )
+    e.add_argument(
+        "--view-shifts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="test-time augmentation: average Q over N shifted copies of each image (1-9; default 1: off)",
+    )
     e.set_defaults(func=_cmd_evaluate)
 
     c = sub.add_parser(
@@ -172,6 +179,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.agent, args.domain, args.attempts, args.seed, args.out, args.texture_dir, args.generator,
         cem=_parse_cem(args.cem),
         objects=args.objects,
+        view_shifts=args.view_shifts,
     )
     lo, hi = r["wilson95"]
     print(

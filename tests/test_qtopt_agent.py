@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -323,3 +324,31 @@ def test_policy_averages_q_over_shifted_views() -> None:
     assert q1 != pytest.approx(q5, abs=1e-7)
     with pytest.raises(ValueError, match="view_shifts"):
         QTOptPolicy(net, view_shifts=10)
+
+
+def test_ensemble_averages_the_critics(tmp_path) -> None:
+    torch.manual_seed(0)
+    a, b = QNetwork(SMALL).eval(), QNetwork(SMALL).eval()
+    obs = _obs(np.random.default_rng(2))
+    both = QTOptPolicy(a, CEMConfig(16, 4, 2), seed=5, ensemble=[b])
+    image, state = both.prepare(obs)
+    act, q = both.act_prepared(image, state)
+    img, st, c = torch.from_numpy(image)[None], torch.from_numpy(state)[None], torch.from_numpy(act)[None, None]
+    with torch.no_grad():
+        mean_logit = (a(img, st, c) + b(img, st, c)) / 2
+    assert q == pytest.approx(float(torch.sigmoid(mean_logit)), abs=1e-5)
+    # two copies of one critic act exactly as that critic alone
+    twice = QTOptPolicy(a, CEMConfig(16, 4, 2), seed=5, ensemble=[a])
+    alone = QTOptPolicy(a, CEMConfig(16, 4, 2), seed=5)
+    np.testing.assert_allclose(twice.act_prepared(image, state)[0], alone.act_prepared(image, state)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="same images"):
+        QTOptPolicy(a, ensemble=[QNetwork(QNetConfig(in_channels=6))])
+    save_agent(tmp_path / "a" / "agent.safetensors", a, "canonical", CEMConfig(16, 4, 2))
+    save_agent(tmp_path / "b" / "agent.safetensors", b, "canonical", CEMConfig(16, 4, 2))
+    loaded = load_agent(tmp_path / "a", seed=5, ensemble=[tmp_path / "b" / "agent.safetensors"])
+    assert len(loaded.networks) == 2
+    np.testing.assert_allclose(loaded.act_prepared(image, state)[0], act, atol=1e-6)
+    rcan_net = QNetwork(dataclasses.replace(SMALL, in_channels=6))
+    save_agent(tmp_path / "c" / "agent.safetensors", rcan_net, "rcan", CEMConfig(16, 4, 2))
+    with pytest.raises(ValueError, match="input_mode"):
+        load_agent(tmp_path / "a", ensemble=[tmp_path / "c" / "agent.safetensors"])

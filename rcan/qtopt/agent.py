@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,13 @@ class QTOptPolicy:
         seed: int = 0,
         camera: str = "wide",
         view_shifts: int = 1,
+        ensemble: Sequence[QNetwork] = (),
     ) -> None:
         check_input_mode(input_mode)
+        for other in ensemble:
+            c, o = network.config, other.config
+            if (o.in_channels, o.image_size, o.first_frame) != (c.in_channels, c.image_size, c.first_frame):
+                raise ValueError("ensemble members must take the same images (channels, size, first frame)")
         if not 1 <= view_shifts <= len(VIEW_SHIFTS):
             raise ValueError(f"view_shifts must be in 1..{len(VIEW_SHIFTS)}, got {view_shifts}")
         need = image_channels(input_mode, network.config.first_frame)
@@ -111,6 +116,8 @@ class QTOptPolicy:
         if input_mode == "rcan" and generator is None:
             raise ValueError("input mode 'rcan' needs a generator (pass --generator)")
         self.network = network.eval()
+        self.networks = [network, *(n.eval() for n in ensemble)]
+        """Every critic acted with: Q is their mean logit (an ensemble; just ``network`` by default)."""
         self.cem = cem or CEMConfig()
         self.input_mode = input_mode
         self.generator = generator
@@ -139,12 +146,14 @@ class QTOptPolicy:
     def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
         """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate)."""
         views = shifted_views(torch.from_numpy(image)[None], self.view_shifts)
-        feats = self.network.features(views)  # the tower once per view, not per candidate
+        feats = [net.features(views) for net in self.networks]  # each tower once per view, not per candidate
         n = len(views)
         s = torch.from_numpy(state)[None].expand(n, -1)
 
         def score(c: torch.Tensor) -> torch.Tensor:
-            return self.network.head(feats, s, c.expand(n, -1, -1)).mean(0, keepdim=True)
+            c = c.expand(n, -1, -1)
+            logits = [net.head(f, s, c).mean(0, keepdim=True) for net, f in zip(self.networks, feats, strict=True)]
+            return torch.stack(logits).mean(0)
 
         a, logit = cem_maximize(score, 1, self.cem, generator=self.torch_rng)
         return a[0].numpy().astype(np.float32), float(torch.sigmoid(logit[0]))
@@ -201,9 +210,18 @@ def load_agent(
     cem: CEMConfig | None = None,
     seed: int = 0,
     view_shifts: int = 1,
+    ensemble: Sequence[str | os.PathLike[str]] = (),
 ) -> QTOptPolicy:
-    """Rebuild the greedy policy from an agent file or a directory holding one."""
+    """Rebuild the greedy policy from an agent file or a directory holding one. ``ensemble``: more agents
+    (same input mode and camera) whose Q the policy averages with this one's."""
     net, metadata = load_network(path)
+    members = []
+    for other in ensemble:
+        member, meta = load_network(other)
+        for key, default in (("input_mode", "canonical"), ("camera", "wide")):
+            if meta.get(key, default) != metadata.get(key, default):
+                raise ValueError(f"ensemble member {other} has another {key} than {path}")
+        members.append(member)
     mode = metadata.get("input_mode", "canonical")
     check_input_mode(mode)
     if cem is None:
@@ -215,7 +233,9 @@ def load_agent(
     if mode == "rcan":
         gen_model = _resolve_generator(resolve_agent_path(path), generator, metadata)
     camera = metadata.get("camera", "wide")
-    return QTOptPolicy(net, cem, mode, gen_model, seed=seed, camera=camera, view_shifts=view_shifts)
+    return QTOptPolicy(
+        net, cem, mode, gen_model, seed=seed, camera=camera, view_shifts=view_shifts, ensemble=members
+    )
 
 
 def _resolve_generator(agent: Path, generator: Any, metadata: Mapping[str, str]) -> nn.Module:

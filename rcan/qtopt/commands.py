@@ -108,6 +108,13 @@ def register(sub: Any) -> None:
         metavar="N",
         help="test-time augmentation: average Q over N shifted copies of each image (1-9; default 1: off)",
     )
+    e.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="AGENT",
+        help="average Q with this agent's too (repeatable; same input mode and camera as --agent)",
+    )
     e.set_defaults(func=_cmd_evaluate)
 
     c = sub.add_parser(
@@ -180,6 +187,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cem=_parse_cem(args.cem),
         objects=args.objects,
         view_shifts=args.view_shifts,
+        ensemble=args.ensemble,
     )
     lo, hi = r["wilson95"]
     print(

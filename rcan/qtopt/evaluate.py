@@ -293,6 +293,7 @@ def run_evaluation(
     cem: Any = None,
     objects: str = "test",
     view_shifts: int = 1,
+    ensemble: list[str] | None = None,
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
     and ``closings.png``.
@@ -300,6 +301,7 @@ def run_evaluation(
     ``cem``: a ``CEMConfig`` to act with instead of the agent's own (None: its own; recorded in the result).
     ``objects``: ``test`` (the protocol: unseen objects) or ``train`` (the objects the agent trained on).
     ``view_shifts``: average Q over this many shifted copies of each image (test-time augmentation; 1: off).
+    ``ensemble``: more agents whose Q is averaged with the agent's (same input mode and camera).
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the
     protocol 4x slower than 1 (measured), so 1 is the default (0 keeps torch's choice)."""
@@ -320,7 +322,8 @@ def run_evaluation(
             )
         agent = str(ASSET_AGENT)
     path = resolve_agent_path(agent)
-    policy = load_agent(path, generator=generator, cem=cem, seed=seed, view_shifts=view_shifts)
+    members = [resolve_agent_path(m) for m in ensemble or []]
+    policy = load_agent(path, generator=generator, cem=cem, seed=seed, view_shifts=view_shifts, ensemble=members)
     result = evaluate_policy(
         policy,
         domain,
@@ -342,6 +345,7 @@ def run_evaluation(
     c = policy.cem
     result["cem"] = {"samples": c.samples, "elites": c.elites, "iterations": c.iterations}
     result["view_shifts"] = policy.view_shifts
+    result["ensemble"] = [str(m) for m in members]
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])
     result["frames_png"] = str(strip)
     result["closings_png"] = str(save_closing_sheet(out_dir / "closings.png", closings))

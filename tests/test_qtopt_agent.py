@@ -352,3 +352,21 @@ def test_ensemble_averages_the_critics(tmp_path) -> None:
     save_agent(tmp_path / "c" / "agent.safetensors", rcan_net, "rcan", CEMConfig(16, 4, 2))
     with pytest.raises(ValueError, match="input_mode"):
         load_agent(tmp_path / "a", ensemble=[tmp_path / "c" / "agent.safetensors"])
+
+
+def test_agent_file_carries_its_view_shifts(tmp_path) -> None:
+    from rcan.qtopt.args import make_args
+
+    net = QNetwork(SMALL)
+    save_agent(tmp_path / "a" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2), {"view_shifts": "5"})
+    assert load_agent(tmp_path / "a").view_shifts == 5  # the file's own
+    assert load_agent(tmp_path / "a", view_shifts=1).view_shifts == 1  # an explicit choice wins
+    save_agent(tmp_path / "b" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2))
+    assert load_agent(tmp_path / "b").view_shifts == 1  # files from before the option
+    save_agent(tmp_path / "c" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2), {"view_shifts": "x"})
+    with pytest.raises(ValueError, match="view_shifts"):
+        load_agent(tmp_path / "c")
+    assert make_args("tiny", view_shifts=5).view_shifts == 5
+    for bad in (0, 10):
+        with pytest.raises(ValueError, match="view_shifts"):
+            make_args("tiny", view_shifts=bad)

@@ -105,7 +105,8 @@ def test_cli_errors(tmp_path) -> None:
 
 
 def test_the_camera_is_checked_and_travels_with_the_agent(tmp_path) -> None:
-    """A run's camera is validated, recorded in its agent file, and used by the evaluation of that agent."""
+    """A run's camera (and its test-time views) are validated, recorded in its agent file, and used by the
+    evaluation of that agent."""
     from rcan.qtopt.evaluate import run_evaluation
 
     with pytest.raises(ValueError, match="unknown camera"):
@@ -113,10 +114,11 @@ def test_the_camera_is_checked_and_travels_with_the_agent(tmp_path) -> None:
     with pytest.raises(ValueError, match="camera=wide"):
         make_args("tiny", input="rcan", generator="g.safetensors", camera="tray")
     run = tmp_path / "run"
-    Trainer(make_args("tiny", out=str(run), camera="tray", seed=1)).run()
+    Trainer(make_args("tiny", out=str(run), camera="tray", seed=1, view_shifts=3)).run()
     assert load_agent(run).camera == "tray"
+    assert load_agent(run).view_shifts == 3  # the test-time views travel with it too
     result = run_evaluation(str(run), "canonical", attempts=1, out=str(tmp_path / "eval"))
-    assert result["camera"] == "tray"
+    assert result["camera"] == "tray" and result["view_shifts"] == 3
     with pytest.raises(ValueError, match="camera=tray"):
         Trainer(make_args("tiny", out=str(tmp_path / "ft"), finetune_from=str(run), real_episodes=2))
 

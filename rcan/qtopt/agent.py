@@ -209,12 +209,18 @@ def load_agent(
     generator: str | os.PathLike[str] | nn.Module | None = None,
     cem: CEMConfig | None = None,
     seed: int = 0,
-    view_shifts: int = 1,
+    view_shifts: int | None = None,
     ensemble: Sequence[str | os.PathLike[str]] = (),
 ) -> QTOptPolicy:
-    """Rebuild the greedy policy from an agent file or a directory holding one. ``ensemble``: more agents
-    (same input mode and camera) whose Q the policy averages with this one's."""
+    """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts``: None
+    takes the file's own (1 if it has none). ``ensemble``: more agents (same input mode and camera)
+    whose Q the policy averages with this one's."""
     net, metadata = load_network(path)
+    if view_shifts is None:
+        try:
+            view_shifts = int(metadata.get("view_shifts", "1"))
+        except ValueError:
+            raise ValueError(f"{path}: broken view_shifts {metadata['view_shifts']!r}") from None
     members = []
     for other in ensemble:
         member, meta = load_network(other)

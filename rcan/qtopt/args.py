@@ -184,6 +184,10 @@ class TrainArgs:
     """CEM elites when acting."""
     cem_iterations: int = 2
     """CEM iterations when acting."""
+    view_shifts: int = 1
+    """Shifted copies of the image the saved agent averages its Q over when ``rcan evaluate`` runs it
+    (test-time augmentation with training's random shift; 1: off). Recorded in the agent file; the
+    training run's own episodes act with one view."""
     target_cem_samples: int = 32
     """CEM candidates per iteration for V(s'): the per-candidate head dominates a gradient step's cost, and
     32 x 2 halves it against 64 x 2 (measured; the paper's value is affordable with more cores)."""
@@ -392,6 +396,10 @@ def _validated(args: TrainArgs) -> TrainArgs:
     for name in ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
+    from rcan.qtopt.agent import VIEW_SHIFTS
+
+    if not 1 <= args.view_shifts <= len(VIEW_SHIFTS):
+        raise ValueError(f"view_shifts must be in 1..{len(VIEW_SHIFTS)}, got {args.view_shifts}")
     if args.scripted_lift_steps < 1:
         raise ValueError(f"scripted_lift_steps must be >= 1, got {args.scripted_lift_steps}")
     if args.grasp_branches < 0 or args.branch_std < 0 or not 0.0 <= args.branch_aim_prob <= 1.0:

@@ -104,9 +104,10 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--view-shifts",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="test-time augmentation: average Q over N shifted copies of each image (1-9; default 1: off)",
+        help="test-time augmentation: average Q over N shifted copies of each image (1-9, 1: off; "
+        "default: the agent's own)",
     )
     e.add_argument(
         "--ensemble",

@@ -292,7 +292,7 @@ def run_evaluation(
     threads: int = 1,
     cem: Any = None,
     objects: str = "test",
-    view_shifts: int = 1,
+    view_shifts: int | None = None,
     ensemble: list[str] | None = None,
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
@@ -300,7 +300,8 @@ def run_evaluation(
 
     ``cem``: a ``CEMConfig`` to act with instead of the agent's own (None: its own; recorded in the result).
     ``objects``: ``test`` (the protocol: unseen objects) or ``train`` (the objects the agent trained on).
-    ``view_shifts``: average Q over this many shifted copies of each image (test-time augmentation; 1: off).
+    ``view_shifts``: average Q over this many shifted copies of each image (test-time augmentation; 1: off;
+    None: the agent file's own).
     ``ensemble``: more agents whose Q is averaged with the agent's (same input mode and camera).
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the

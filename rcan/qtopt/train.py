@@ -412,6 +412,7 @@ class Trainer:
             "episodes": json.dumps(self.counts),
             "args": args_to_json(self.args),
             "camera": self.args.camera,
+            "view_shifts": str(self.args.view_shifts),
         }
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())

@@ -356,6 +356,14 @@ def fit(args: argparse.Namespace) -> None:
         if step % args.eval_every == 0 or step == args.steps:
             row = {"step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": round(loss.item(), 4)}
             row.update(score(net, test, glimpse))
+            if args.views > 1 and not glimpse:
+                row.update(
+                    {
+                        f"views{args.views}_{k}": v
+                        for k, v in score(net, test, views=args.views).items()
+                        if k in ("pick", "auc", "pick_dist_cm")
+                    }
+                )
             train_row = score(net, train_eval, glimpse)
             row.update({f"train_{k}": v for k, v in train_row.items() if k in ("pick", "auc")})
             curve.append(row)
@@ -364,11 +372,13 @@ def fit(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps({"args": vars(args), "curve": curve}, indent=1))
 
 
-def score(net, data: dict[str, np.ndarray], glimpse: bool = False) -> dict[str, float]:
+def score(net, data: dict[str, np.ndarray], glimpse: bool = False, views: int = 1) -> dict[str, float]:
     """Pick quality on held-out states: the success of the top-ranked closing, of a random one (mean),
     of the best one (any), and of the closing nearest an object's centre (privileged aim, any yaw)."""
     import torch
     from bench_grasp_view import roc_auc  # this script's folder is on sys.path when it runs
+
+    from rcan.qtopt.agent import shifted_views
 
     with torch.no_grad():
         logits = []
@@ -378,7 +388,16 @@ def score(net, data: dict[str, np.ndarray], glimpse: bool = False) -> dict[str, 
                 logits.append(net(img, torch.from_numpy(data["fingers"][i : i + 64])))
             else:
                 states, acts = (torch.from_numpy(data[n][i : i + 64]) for n in ("state", "acts"))
-                logits.append(net(img, states, acts))
+                # test-time augmentation as the policy does it: the mean logit over shifted views
+                per_view = [
+                    net(
+                        shifted_views(im[None], views),
+                        st[None].expand(views, -1),
+                        ac[None].expand(views, -1, -1),
+                    ).mean(0)
+                    for im, st, ac in zip(img, states, acts, strict=True)
+                ]
+                logits.append(torch.stack(per_view))
         q = torch.cat(logits).numpy()
     y = data["labels"]
     rows = np.arange(len(y))
@@ -419,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--channels", default="")
     f.add_argument("--steps", type=int, default=4000)
     f.add_argument("--batch", type=int, default=32)
+    f.add_argument("--views", type=int, default=1, help="also score with Q averaged over N shifted views")
     f.add_argument("--pad", type=int, default=-1, help="random-shift pixels (-1: the trainer's size // 16)")
     f.add_argument("--train-states", type=int, default=0, help="use only the first N training states")
     f.add_argument("--eval-every", type=int, default=500)

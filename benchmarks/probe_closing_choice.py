@@ -316,7 +316,7 @@ def fit(args: argparse.Namespace) -> None:
     )
     if args.train_states:
         train = {n: v[: args.train_states] for n, v in train.items()}
-    opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=args.weight_decay)  # 0: plain Adam
     gen_ = torch.Generator().manual_seed(args.seed)
     pad = args.size // 16 if args.pad < 0 else args.pad
     t_img = torch.from_numpy(train["img"]).permute(0, 3, 1, 2).contiguous()
@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--channels", default="")
     f.add_argument("--steps", type=int, default=4000)
     f.add_argument("--batch", type=int, default=32)
+    f.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
     f.add_argument("--views", type=int, default=1, help="also score with Q averaged over N shifted views")
     f.add_argument("--pad", type=int, default=-1, help="random-shift pixels (-1: the trainer's size // 16)")
     f.add_argument("--train-states", type=int, default=0, help="use only the first N training states")

@@ -76,9 +76,15 @@ VIEW_SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2), (2, 2), (-2, -2), (2, -
 """Pixel shifts (x, y) of the image for test-time averaging, inside the +-4 pixels of training's DrQ shift."""
 
 
+def check_view_shifts(n: int) -> None:
+    """Refuse a number of shifted views that ``VIEW_SHIFTS`` does not have."""
+    if not 1 <= n <= len(VIEW_SHIFTS):
+        raise ValueError(f"view_shifts must be in 1..{len(VIEW_SHIFTS)}, got {n}")
+
+
 def shifted_views(images: torch.Tensor, n: int) -> torch.Tensor:
-    """(1, C, H, W) -> (n, C, H, W): the image moved by the first ``n`` of ``VIEW_SHIFTS`` (replicate
-    padding, as training's random shift pads), the unshifted image first."""
+    """(B, C, H, W) -> (n * B, C, H, W), view-major: the images moved by the first ``n`` of
+    ``VIEW_SHIFTS`` (replicate padding, as training's random shift pads), the unshifted ones first."""
     if n == 1:
         return images
     pad = max(max(abs(x), abs(y)) for x, y in VIEW_SHIFTS[:n])
@@ -106,8 +112,7 @@ class QTOptPolicy:
             c, o = network.config, other.config
             if (o.in_channels, o.image_size, o.first_frame) != (c.in_channels, c.image_size, c.first_frame):
                 raise ValueError("ensemble members must take the same images (channels, size, first frame)")
-        if not 1 <= view_shifts <= len(VIEW_SHIFTS):
-            raise ValueError(f"view_shifts must be in 1..{len(VIEW_SHIFTS)}, got {view_shifts}")
+        check_view_shifts(view_shifts)
         need = image_channels(input_mode, network.config.first_frame)
         if network.config.in_channels != need:
             raise ValueError(

@@ -396,10 +396,9 @@ def _validated(args: TrainArgs) -> TrainArgs:
     for name in ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
-    from rcan.qtopt.agent import VIEW_SHIFTS
+    from rcan.qtopt.agent import check_view_shifts
 
-    if not 1 <= args.view_shifts <= len(VIEW_SHIFTS):
-        raise ValueError(f"view_shifts must be in 1..{len(VIEW_SHIFTS)}, got {args.view_shifts}")
+    check_view_shifts(args.view_shifts)
     if args.scripted_lift_steps < 1:
         raise ValueError(f"scripted_lift_steps must be >= 1, got {args.scripted_lift_steps}")
     if args.grasp_branches < 0 or args.branch_std < 0 or not 0.0 <= args.branch_aim_prob <= 1.0:

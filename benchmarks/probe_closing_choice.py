@@ -389,15 +389,8 @@ def score(net, data: dict[str, np.ndarray], glimpse: bool = False, views: int = 
             else:
                 states, acts = (torch.from_numpy(data[n][i : i + 64]) for n in ("state", "acts"))
                 # test-time augmentation as the policy does it: the mean logit over shifted views
-                per_view = [
-                    net(
-                        shifted_views(im[None], views),
-                        st[None].expand(views, -1),
-                        ac[None].expand(views, -1, -1),
-                    ).mean(0)
-                    for im, st, ac in zip(img, states, acts, strict=True)
-                ]
-                logits.append(torch.stack(per_view))
+                out = net(shifted_views(img, views), states.repeat(views, 1), acts.repeat(views, 1, 1))
+                logits.append(out.view(views, len(img), -1).mean(0))
         q = torch.cat(logits).numpy()
     y = data["labels"]
     rows = np.arange(len(y))

@@ -326,6 +326,37 @@ def test_policy_averages_q_over_shifted_views() -> None:
         QTOptPolicy(net, view_shifts=10)
 
 
+def test_rerank_rescores_the_one_view_search_on_all_views() -> None:
+    from rcan.qtopt.agent import shifted_views
+
+    torch.manual_seed(0)
+    net = QNetwork(SMALL).eval()
+    obs = _obs(np.random.default_rng(4))
+    one = QTOptPolicy(net, CEMConfig(16, 4, 2), seed=3)
+    image, state = one.prepare(obs)
+    views = shifted_views(torch.from_numpy(image)[None], 5)
+
+    def mean_logit(action: np.ndarray) -> float:
+        a = torch.from_numpy(action)[None, None].expand(5, 1, 6)
+        with torch.no_grad():
+            return float(net(views, torch.from_numpy(state)[None].expand(5, -1), a).mean())
+
+    a1, _ = one.act_prepared(image, state)
+    for m in (1, 4, 32):
+        rr = QTOptPolicy(net, CEMConfig(16, 4, 2), seed=3, view_shifts=5, rerank=m)
+        a, q = rr.act_prepared(image, state)
+        assert q == pytest.approx(float(torch.sigmoid(torch.tensor(mean_logit(a)))), abs=1e-5)  # the 5-view score
+        if m == 1:  # re-scoring one candidate keeps the one-view search's choice
+            np.testing.assert_allclose(a, a1, atol=1e-6)
+        else:  # the one-view choice is among the re-scored ones, so the pick scores at least as well on 5 views
+            assert mean_logit(a) >= mean_logit(a1) - 1e-5
+    # without shifted views re-ranking is the plain search
+    plain = QTOptPolicy(net, CEMConfig(16, 4, 2), seed=3, rerank=8)
+    np.testing.assert_allclose(plain.act_prepared(image, state)[0], a1, atol=1e-6)
+    with pytest.raises(ValueError, match="rerank"):
+        QTOptPolicy(net, rerank=-1)
+
+
 def test_ensemble_averages_the_critics(tmp_path) -> None:
     torch.manual_seed(0)
     a, b = QNetwork(SMALL).eval(), QNetwork(SMALL).eval()

@@ -82,6 +82,12 @@ def check_view_shifts(n: int) -> None:
         raise ValueError(f"view_shifts must be in 1..{len(VIEW_SHIFTS)}, got {n}")
 
 
+def check_rerank(m: int) -> None:
+    """Refuse a negative number of re-ranked candidates."""
+    if m < 0:
+        raise ValueError(f"rerank must be >= 0, got {m}")
+
+
 def shifted_views(images: torch.Tensor, n: int) -> torch.Tensor:
     """(B, C, H, W) -> (n * B, C, H, W), view-major: the images moved by the first ``n`` of
     ``VIEW_SHIFTS`` (replicate padding, as training's random shift pads), the unshifted ones first."""
@@ -106,6 +112,7 @@ class QTOptPolicy:
         camera: str = "wide",
         view_shifts: int = 1,
         ensemble: Sequence[QNetwork] = (),
+        rerank: int = 0,
     ) -> None:
         check_input_mode(input_mode)
         for other in ensemble:
@@ -113,6 +120,7 @@ class QTOptPolicy:
             if (o.in_channels, o.image_size, o.first_frame) != (c.in_channels, c.image_size, c.first_frame):
                 raise ValueError("ensemble members must take the same images (channels, size, first frame)")
         check_view_shifts(view_shifts)
+        check_rerank(rerank)
         need = image_channels(input_mode, network.config.first_frame)
         if network.config.in_channels != need:
             raise ValueError(
@@ -131,6 +139,9 @@ class QTOptPolicy:
         self.torch_rng = torch.Generator().manual_seed(seed)
         self.view_shifts = view_shifts
         """Test-time augmentation: Q is the mean logit over this many shifted copies of the image (1: off)."""
+        self.rerank = rerank
+        """With ``view_shifts`` > 1: 0 searches on the mean over all views; M > 0 searches on the unshifted
+        view alone and re-scores the M best candidates it scored on all views (about the cost of one view)."""
         self._first: np.ndarray | None = None
 
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
@@ -151,16 +162,28 @@ class QTOptPolicy:
     def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
         """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate)."""
         views = shifted_views(torch.from_numpy(image)[None], self.view_shifts)
-        feats = [net.features(views) for net in self.networks]  # each tower once per view, not per candidate
         n = len(views)
-        s = torch.from_numpy(state)[None].expand(n, -1)
+        searched = 1 if self.rerank else n  # re-ranking searches on the unshifted view only
+        feats = [net.features(views[:searched]) for net in self.networks]  # each tower once per view
+        scored: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        def score(c: torch.Tensor) -> torch.Tensor:
-            c = c.expand(n, -1, -1)
+        def score(c: torch.Tensor, feats: list[torch.Tensor] = feats) -> torch.Tensor:
+            m = len(feats[0])
+            s = torch.from_numpy(state)[None].expand(m, -1)
+            c = c.expand(m, -1, -1)
             logits = [net.head(f, s, c).mean(0, keepdim=True) for net, f in zip(self.networks, feats, strict=True)]
-            return torch.stack(logits).mean(0)
+            out = torch.stack(logits).mean(0)
+            scored.append((c[0], out[0]))
+            return out
 
         a, logit = cem_maximize(score, 1, self.cem, generator=self.torch_rng)
+        if self.rerank and n > 1:
+            cands = torch.cat([c for c, _ in scored])
+            top = cands[torch.cat([q for _, q in scored]).topk(min(self.rerank, len(cands))).indices]
+            feats_all = [torch.cat([f, net.features(views[1:])]) for net, f in zip(self.networks, feats, strict=True)]
+            q = score(top[None], feats_all)[0]
+            best = int(q.argmax())
+            a, logit = top[best : best + 1], q[best : best + 1]
         return a[0].numpy().astype(np.float32), float(torch.sigmoid(logit[0]))
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -216,10 +239,11 @@ def load_agent(
     seed: int = 0,
     view_shifts: int | None = None,
     ensemble: Sequence[str | os.PathLike[str]] = (),
+    rerank: int = 0,
 ) -> QTOptPolicy:
     """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts``: None
     takes the file's own (1 if it has none). ``ensemble``: more agents (same input mode and camera)
-    whose Q the policy averages with this one's."""
+    whose Q the policy averages with this one's. ``rerank``: see ``QTOptPolicy.rerank``."""
     net, metadata = load_network(path)
     if view_shifts is None:
         try:
@@ -245,7 +269,7 @@ def load_agent(
         gen_model = _resolve_generator(resolve_agent_path(path), generator, metadata)
     camera = metadata.get("camera", "wide")
     return QTOptPolicy(
-        net, cem, mode, gen_model, seed=seed, camera=camera, view_shifts=view_shifts, ensemble=members
+        net, cem, mode, gen_model, seed=seed, camera=camera, view_shifts=view_shifts, ensemble=members, rerank=rerank
     )
 
 

@@ -110,6 +110,14 @@ def register(sub: Any) -> None:
         "default: the agent's own)",
     )
     e.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        metavar="M",
+        help="with --view-shifts N > 1: search on the unshifted image and re-score only its M best candidates "
+        "on all N views (about one view's cost; default 0: search on the mean over views)",
+    )
+    e.add_argument(
         "--ensemble",
         action="append",
         default=[],
@@ -189,6 +197,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         objects=args.objects,
         view_shifts=args.view_shifts,
         ensemble=args.ensemble,
+        rerank=args.rerank,
     )
     lo, hi = r["wilson95"]
     print(

@@ -294,6 +294,7 @@ def run_evaluation(
     objects: str = "test",
     view_shifts: int | None = None,
     ensemble: list[str] | None = None,
+    rerank: int = 0,
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
     and ``closings.png``.
@@ -303,6 +304,8 @@ def run_evaluation(
     ``view_shifts``: average Q over this many shifted copies of each image (test-time augmentation; 1: off;
     None: the agent file's own).
     ``ensemble``: more agents whose Q is averaged with the agent's (same input mode and camera).
+    ``rerank``: with ``view_shifts`` > 1, search on the unshifted view and re-score only the M best
+    candidates on all views (0: search on the mean over views).
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the
     protocol 4x slower than 1 (measured), so 1 is the default (0 keeps torch's choice)."""
@@ -324,7 +327,9 @@ def run_evaluation(
         agent = str(ASSET_AGENT)
     path = resolve_agent_path(agent)
     members = [resolve_agent_path(m) for m in ensemble or []]
-    policy = load_agent(path, generator=generator, cem=cem, seed=seed, view_shifts=view_shifts, ensemble=members)
+    policy = load_agent(
+        path, generator=generator, cem=cem, seed=seed, view_shifts=view_shifts, ensemble=members, rerank=rerank
+    )
     result = evaluate_policy(
         policy,
         domain,
@@ -346,6 +351,7 @@ def run_evaluation(
     c = policy.cem
     result["cem"] = {"samples": c.samples, "elites": c.elites, "iterations": c.iterations}
     result["view_shifts"] = policy.view_shifts
+    result["rerank"] = policy.rerank
     result["ensemble"] = [str(m) for m in members]
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])
     result["frames_png"] = str(strip)

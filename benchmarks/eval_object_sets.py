@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", choices=("test", "train"), default="test")
     p.add_argument("--cem", default=None, help="passed to rcan evaluate --cem")
     p.add_argument("--view-shifts", type=int, default=None, help="passed to rcan evaluate --view-shifts")
-    p.add_argument("--rerank", type=int, default=0, help="passed to rcan evaluate --rerank")
+    p.add_argument("--rerank", type=int, default=None, help="passed to rcan evaluate --rerank")
     p.add_argument("--ensemble", action="append", default=[], help="passed to rcan evaluate --ensemble")
     a = p.parse_args(argv)
     if not (a.run / "agent.safetensors").is_file():
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.sets < 1 or a.jobs < 1:
         p.error("--sets and --jobs must be >= 1")
     extra = (["--cem", a.cem] if a.cem else []) + (["--view-shifts", str(a.view_shifts)] if a.view_shifts else [])
-    extra += ["--rerank", str(a.rerank)] if a.rerank else []
+    extra += ["--rerank", str(a.rerank)] if a.rerank is not None else []
     for member in a.ensemble:
         extra += ["--ensemble", member]
     with ThreadPoolExecutor(a.jobs) as ex:

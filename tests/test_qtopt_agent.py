@@ -385,19 +385,31 @@ def test_ensemble_averages_the_critics(tmp_path) -> None:
         load_agent(tmp_path / "a", ensemble=[tmp_path / "c" / "agent.safetensors"])
 
 
-def test_agent_file_carries_its_view_shifts(tmp_path) -> None:
-    from rcan.qtopt.args import make_args
+def test_agent_file_carries_its_view_shifts_and_rerank(tmp_path) -> None:
+    from rcan.qtopt.args import args_from_json, make_args
 
     net = QNetwork(SMALL)
-    save_agent(tmp_path / "a" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2), {"view_shifts": "5"})
-    assert load_agent(tmp_path / "a").view_shifts == 5  # the file's own
-    assert load_agent(tmp_path / "a", view_shifts=1).view_shifts == 1  # an explicit choice wins
+    meta = {"view_shifts": "5", "rerank": "8"}
+    save_agent(tmp_path / "a" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2), meta)
+    a = load_agent(tmp_path / "a")
+    assert (a.view_shifts, a.rerank) == (5, 8)  # the file's own
+    a = load_agent(tmp_path / "a", view_shifts=1, rerank=0)
+    assert (a.view_shifts, a.rerank) == (1, 0)  # an explicit choice wins
     save_agent(tmp_path / "b" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2))
-    assert load_agent(tmp_path / "b").view_shifts == 1  # files from before the option
-    save_agent(tmp_path / "c" / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2), {"view_shifts": "x"})
-    with pytest.raises(ValueError, match="view_shifts"):
-        load_agent(tmp_path / "c")
-    assert make_args("tiny", view_shifts=5).view_shifts == 5
+    b = load_agent(tmp_path / "b")
+    assert (b.view_shifts, b.rerank) == (1, 0)  # files from before the options
+    for key in ("view_shifts", "rerank"):
+        bad_meta = {**meta, key: "x"}
+        save_agent(tmp_path / key / "agent.safetensors", net, "canonical", CEMConfig(16, 4, 2), bad_meta)
+        with pytest.raises(ValueError, match=key):
+            load_agent(tmp_path / key)
+    args = make_args("tiny")
+    assert (args.view_shifts, args.rerank) == (5, 16)  # the default acting mode of a trained agent
+    assert make_args("tiny", view_shifts=3, rerank=0).view_shifts == 3
     for bad in (0, 10):
         with pytest.raises(ValueError, match="view_shifts"):
             make_args("tiny", view_shifts=bad)
+    with pytest.raises(ValueError, match="rerank"):
+        make_args("tiny", rerank=-1)
+    old = args_from_json('{"input": "canonical"}')  # a run saved before the options acted with one view
+    assert (old.view_shifts, old.rerank) == (1, 0)

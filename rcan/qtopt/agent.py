@@ -232,6 +232,13 @@ def load_network(path: str | os.PathLike[str]) -> tuple[QNetwork, dict[str, str]
     return net.eval(), metadata
 
 
+def _int_metadata(metadata: Mapping[str, str], key: str, default: int, path: str | os.PathLike[str]) -> int:
+    try:
+        return int(metadata.get(key, str(default)))
+    except ValueError:
+        raise ValueError(f"{path}: broken {key} {metadata[key]!r}") from None
+
+
 def load_agent(
     path: str | os.PathLike[str],
     generator: str | os.PathLike[str] | nn.Module | None = None,
@@ -239,17 +246,16 @@ def load_agent(
     seed: int = 0,
     view_shifts: int | None = None,
     ensemble: Sequence[str | os.PathLike[str]] = (),
-    rerank: int = 0,
+    rerank: int | None = None,
 ) -> QTOptPolicy:
-    """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts``: None
-    takes the file's own (1 if it has none). ``ensemble``: more agents (same input mode and camera)
-    whose Q the policy averages with this one's. ``rerank``: see ``QTOptPolicy.rerank``."""
+    """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts`` and
+    ``rerank`` (see ``QTOptPolicy``): None takes the file's own (1 and 0 if it has none). ``ensemble``:
+    more agents (same input mode and camera) whose Q the policy averages with this one's."""
     net, metadata = load_network(path)
     if view_shifts is None:
-        try:
-            view_shifts = int(metadata.get("view_shifts", "1"))
-        except ValueError:
-            raise ValueError(f"{path}: broken view_shifts {metadata['view_shifts']!r}") from None
+        view_shifts = _int_metadata(metadata, "view_shifts", 1, path)
+    if rerank is None:
+        rerank = _int_metadata(metadata, "rerank", 0, path)
     members = []
     for other in ensemble:
         member, meta = load_network(other)

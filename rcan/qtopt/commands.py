@@ -112,10 +112,10 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--rerank",
         type=int,
-        default=0,
+        default=None,
         metavar="M",
         help="with --view-shifts N > 1: search on the unshifted image and re-score only its M best candidates "
-        "on all N views (about one view's cost; default 0: search on the mean over views)",
+        "on all N views (about one view's cost; 0: search on the mean over views; default: the agent's own)",
     )
     e.add_argument(
         "--ensemble",

@@ -294,7 +294,7 @@ def run_evaluation(
     objects: str = "test",
     view_shifts: int | None = None,
     ensemble: list[str] | None = None,
-    rerank: int = 0,
+    rerank: int | None = None,
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
     and ``closings.png``.
@@ -305,7 +305,7 @@ def run_evaluation(
     None: the agent file's own).
     ``ensemble``: more agents whose Q is averaged with the agent's (same input mode and camera).
     ``rerank``: with ``view_shifts`` > 1, search on the unshifted view and re-score only the M best
-    candidates on all views (0: search on the mean over views).
+    candidates on all views (0: search on the mean over views; None: the agent file's own).
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the
     protocol 4x slower than 1 (measured), so 1 is the default (0 keeps torch's choice)."""

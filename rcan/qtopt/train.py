@@ -413,6 +413,7 @@ class Trainer:
             "args": args_to_json(self.args),
             "camera": self.args.camera,
             "view_shifts": str(self.args.view_shifts),
+            "rerank": str(self.args.rerank),
         }
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())

@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     net3, net6 = res["network"]
     ok = "PASS" if res["cem"]["cem_ms_median"] <= CEM_GOAL_MS else "FAIL"
+    ok_default = "PASS" if res["cem_views5_rerank16"]["cem_ms_median"] <= CEM_GOAL_MS else "FAIL"
     print(f"machine: {res['machine']}\n")
     print("| measure | value | goal |\n|---|---|---|")
     print(f"| Q-network params (3 / 6 input channels) | {net3['params']:,} / {net6['params']:,} | |")
@@ -178,17 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"| MMACs per action candidate (head) | {net3['mmacs_candidate']:.3f} | |")
     print(
-        f"| CEM ms per control step, 64x64, 64x2 (mean / median) | {res['cem']['cem_ms_mean']:.2f} / "
+        f"| CEM ms per control step, 64x64, 64x2, one view (mean / median) | {res['cem']['cem_ms_mean']:.2f} / "
         f"{res['cem']['cem_ms_median']:.2f} | <= {CEM_GOAL_MS:.0f} ms: {ok} |"
     )
-    for key, what in (
-        ("cem_views5", "5 shifted views"),
-        ("cem_views5_rerank16", "5 views, re-ranking 16"),
-        ("cem_views5_ensemble2", "5 views x 2 critics"),
+    for key, what, goal in (
+        ("cem_views5_rerank16", "5 views, re-ranking 16 (the default acting mode)", f"<= {CEM_GOAL_MS:.0f} ms: {ok_default}"),
+        ("cem_views5", "5 shifted views, search on their mean (opt-in)", ""),
+        ("cem_views5_ensemble2", "5 views x 2 critics (opt-in)", ""),
     ):
         r = res[key]
-        print(f"| CEM ms per control step, {what} (opt-in; mean / median) | {r['cem_ms_mean']:.2f} / "
-              f"{r['cem_ms_median']:.2f} | |")
+        print(f"| CEM ms per control step, {what} (mean / median) | {r['cem_ms_mean']:.2f} / "
+              f"{r['cem_ms_median']:.2f} | {goal} |")
     print(
         f"| gradient steps/s (batch {res['grad']['batch_size']}, 1 thread) | {res['grad']['grad_steps_per_s']:.1f} | |"
     )

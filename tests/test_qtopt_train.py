@@ -115,8 +115,9 @@ def test_the_camera_is_checked_and_travels_with_the_agent(tmp_path) -> None:
         make_args("tiny", input="rcan", generator="g.safetensors", camera="tray")
     run = tmp_path / "run"
     Trainer(make_args("tiny", out=str(run), camera="tray", seed=1, view_shifts=3)).run()
-    assert load_agent(run).camera == "tray"
-    assert (load_agent(run).view_shifts, load_agent(run).rerank) == (3, 16)  # the acting mode travels with it
+    policy = load_agent(run)
+    assert policy.camera == "tray"
+    assert (policy.view_shifts, policy.rerank) == (3, 16)  # the acting mode travels with it
     result = run_evaluation(str(run), "canonical", attempts=1, out=str(tmp_path / "eval"))
     assert result["camera"] == "tray" and result["view_shifts"] == 3 and result["rerank"] == 16
     with pytest.raises(ValueError, match="camera=tray"):

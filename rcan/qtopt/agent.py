@@ -162,22 +162,23 @@ class QTOptPolicy:
     def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
         """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate)."""
         views = shifted_views(torch.from_numpy(image)[None], self.view_shifts)
-        n = len(views)
-        searched = 1 if self.rerank else n  # re-ranking searches on the unshifted view only
+        rerank = self.rerank if len(views) > 1 else 0
+        searched = 1 if rerank else len(views)  # re-ranking searches on the unshifted view only
         feats = [net.features(views[:searched]) for net in self.networks]  # each tower once per view
-        scored: list[tuple[torch.Tensor, torch.Tensor]] = []
+        s1 = torch.from_numpy(state)[None]
+        scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # what the search scored, for re-ranking
 
         def score(c: torch.Tensor, feats: list[torch.Tensor] = feats) -> torch.Tensor:
             m = len(feats[0])
-            s = torch.from_numpy(state)[None].expand(m, -1)
-            c = c.expand(m, -1, -1)
-            logits = [net.head(f, s, c).mean(0, keepdim=True) for net, f in zip(self.networks, feats, strict=True)]
+            s, cm = s1.expand(m, -1), c.expand(m, -1, -1)
+            logits = [net.head(f, s, cm).mean(0, keepdim=True) for net, f in zip(self.networks, feats, strict=True)]
             out = torch.stack(logits).mean(0)
-            scored.append((c[0], out[0]))
+            if rerank:
+                scored.append((c[0], out[0]))
             return out
 
         a, logit = cem_maximize(score, 1, self.cem, generator=self.torch_rng)
-        if self.rerank and n > 1:
+        if rerank:
             cands = torch.cat([c for c, _ in scored])
             top = cands[torch.cat([q for _, q in scored]).topk(min(self.rerank, len(cands))).indices]
             feats_all = [torch.cat([f, net.features(views[1:])]) for net, f in zip(self.networks, feats, strict=True)]

@@ -192,7 +192,7 @@ class TrainArgs:
     rerank: int = 16
     """With ``view_shifts`` > 1, the saved agent's CEM searches on the unshifted view alone and re-scores
     its this-many best candidates on all views (0: search on the mean over all views, 4-5x the one-view CEM time).
-    Recorded in the agent file. 16: +3.4 to +3.8 points over one view on three agents at 6.7 ms per step."""
+    Recorded in the agent file. 16: +3.4 to +3.8 points over one view on three agents at 5.8 ms per step (bench_qtopt.py)."""
     target_cem_samples: int = 32
     """CEM candidates per iteration for V(s'): the per-candidate head dominates a gradient step's cost, and
     32 x 2 halves it against 64 x 2 (measured; the paper's value is affordable with more cores)."""

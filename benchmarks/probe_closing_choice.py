@@ -83,6 +83,16 @@ def _aux_channels(frame) -> np.ndarray:
     return np.stack([d, (seg == OBJECT) * 255.0, (seg == ROBOT) * 255.0], -1).round().astype(np.uint8)
 
 
+def _robot_free(env) -> np.ndarray:
+    """The same 64x64 frame with the gripper (and the arm, which follows it) moved out of view: what the
+    camera would show of the objects if the robot hid nothing (privileged; a diagnosis only)."""
+    st = env.stage
+    st.client.resetBasePositionAndOrientation(st.gripper, [0.0, -0.6, 1.0], [0, 0, 0, 1])
+    rgb = env.renderer.render(env._style, 64).rgb
+    env.stage.sync(env.cell)
+    return rgb
+
+
 def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
     split, seed, n_states, k, out = job
     from rcan.sim.grasp_env import GraspEnv
@@ -95,6 +105,7 @@ def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
             "img64",
             "img128",
             "aux64",
+            "clean64",
             "state",
             "tool",
             "acts",
@@ -118,6 +129,7 @@ def _gen_worker(job: tuple[str, int, int, int, str]) -> dict[str, np.ndarray]:
         env.stage.sync(env.cell)
         img128 = env.renderer.render(env._style, 128).rgb
         rows["aux64"].append(_aux_channels(env.renderer.render(env._style, 64, aux=True)))
+        rows["clean64"].append(_robot_free(env))
         rewards, fingers = env.try_grasps(acts)
         rows["img64"].append(obs["image"])
         rows["img128"].append(img128)
@@ -234,7 +246,12 @@ def _load(data: str, split: str, size: int, extra: str = "") -> dict[str, np.nda
     out["img"] = out.pop(f"img{size}")
     out.pop("img128" if size == 64 else "img64")
     aux = out.pop("aux64", None)
-    if extra:
+    clean = out.pop("clean64", None)
+    if extra == "clean":
+        if clean is None or size != 64:
+            raise SystemExit("--extra clean needs 64x64 data generated with clean64 (re-run gen)")
+        out["img"] = np.concatenate([out["img"], clean], -1)
+    elif extra:
         if aux is None or size != 64:
             raise SystemExit("--extra needs 64x64 data generated with aux64 (re-run gen)")
         out["img"] = np.concatenate([out["img"], aux[..., list(EXTRA[extra])]], -1)
@@ -446,9 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--json", default="")
     f.add_argument(
         "--extra",
-        choices=("", *EXTRA),
+        choices=("", *EXTRA, "clean"),
         default="",
-        help="privileged planes stacked on RGB (a diagnosis only)",
+        help="privileged planes (or clean: the robot-free frame) stacked on RGB (a diagnosis only)",
     )
     args = parser.parse_args(argv)
     {"gen": gen, "noise": noise, "fit": fit}[args.cmd](args)

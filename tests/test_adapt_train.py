@@ -98,7 +98,7 @@ def test_split_holds_out_the_tail():
     assert split_indices(10, 0.0) == (10, 0)
 
 
-def test_train_writes_run_and_exact_resume(tmp_path):
+def test_train_writes_run_and_exact_resume(tmp_path, capsys):
     arrays = fake_arrays()
     a, b = tmp_path / "straight", tmp_path / "split"
     res = train(
@@ -120,7 +120,9 @@ def test_train_writes_run_and_exact_resume(tmp_path):
     assert meta["step"] == "6" and json.loads(meta["data_order"])["batch_size"] == 8
 
     train(make_args("tiny", out=str(b), steps=3, **FAST), arrays, log=quiet)
+    capsys.readouterr()
     train(make_args("tiny", out=str(b), steps=6, resume=True, **FAST), arrays, log=quiet)
+    assert "train-generator split: 100%" in capsys.readouterr().err  # the bar resumes at step 3 of 6
     assert files_equal(a / "generator.safetensors", b / "generator.safetensors") == []
     assert files_equal(a / "train_state.safetensors", b / "train_state.safetensors") == []
     G, _ = load_generator(b)

@@ -36,6 +36,7 @@ def test_tiny_run_checkpoints_restores_and_resumes(tmp_path, capsys) -> None:
     first = Trainer(args)
     summary = first.run()
     assert summary["env_steps"] >= 60 and summary["grad_steps"] > 0
+    assert first.budget_used() == 1.0 and "train-agent run: 100%" in capsys.readouterr().err
     for name in ("agent.safetensors", STATE_FILE, "config.json", "progress.jsonl", "episodes.jsonl"):
         assert (run / name).is_file(), name
     assert (run / "tb").is_dir() and len(list(run.glob("replay-*.npz"))) == 1
@@ -70,6 +71,16 @@ def test_tiny_run_checkpoints_restores_and_resumes(tmp_path, capsys) -> None:
     assert after.checkpoint_id == first.checkpoint_id + 1
     replays = load_replays(next(run.glob("replay-*.npz")))
     assert replays["scripted"].steps + replays["policy"].steps == after.env_steps
+
+
+def test_budget_used_is_the_limit_that_runs_out_first(tmp_path) -> None:
+    t = Trainer(make_args("tiny", out=str(tmp_path / "run"), collectors=0, env_steps=100, minutes=2.0))
+    t.env_steps, t.train_seconds = 25, 60.0
+    assert t.budget_used() == pytest.approx(0.5)  # half the time, a quarter of the steps
+    t.env_steps = 80
+    assert t.budget_used() == pytest.approx(0.8) and not t.finished()
+    t.train_seconds = 200.0
+    assert t.budget_used() == 1.0 and t.finished()
 
 
 def test_cli_errors(tmp_path) -> None:

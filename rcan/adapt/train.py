@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rcan.adapt import losses as L
 from rcan.adapt.inference import GENERATOR_FILE, GENERATOR_FORMAT, save_generator
@@ -615,12 +616,15 @@ def _loop(
     count, busy, t_start, start = 0, 0.0, time.perf_counter(), step
     last_val: dict[str, float] = {}
     saved_at = step
+    bar = tqdm(total=args.steps, initial=step, unit="step", desc=f"train-generator {out.name}")
+    emit = bar.write if log is print else log  # log lines go above the bar, not through it
     while step < args.steps and not stop:
         t0 = time.perf_counter()
         batch = make_batch(arrays, order.batch(step), trainer.depth_scale)
         logs = trainer.step(batch)
         busy += time.perf_counter() - t0  # training time only: evaluation and I/O are excluded
         step += 1
+        bar.update(1)
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1
@@ -632,7 +636,8 @@ def _loop(
                 group = "D" if k in ("D_real", "D_fake") else "loss"
                 writer.add_scalar(f"{group}/{k}", v / count, step)
             writer.add_scalar("perf/pairs_per_s", rate, step)
-            log(
+            bar.set_postfix_str(f"G {sums['loss_G'] / count:.4f}, {rate:.0f} pairs/s", refresh=False)
+            emit(
                 f"step {step}/{args.steps}  G {sums['loss_G'] / count:.4f}  mpse {sums['mpse'] / count:.4f}  "
                 f"seg {sums['seg_l2'] / count:.4f}  depth {sums['depth_l2'] / count:.4f}"
                 + (f"  D {sums['loss_D'] / count:.3f}" if "loss_D" in sums else "")
@@ -650,6 +655,7 @@ def _loop(
             save_checkpoint(out, trainer, step, args, data_fp, order)
             saved_at = step
             writer.flush()
+    bar.close()
     if step == start:
         log(f"already at step {step} (target {args.steps}); nothing to do")
     if saved_at != step:

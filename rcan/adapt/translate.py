@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from rcan.adapt.inference import load_generator, translate_batch
 from rcan.common.images import colour_depth, colour_segmentation, find_images, load_square_rgb, save_png
@@ -33,7 +34,10 @@ def translate_paths(
     report = TranslateReport(failed=list(failed))
     out = Path(out)
     stems: dict[str, int] = {}
+    bar = tqdm(total=len(paths), unit="image", desc="translate", leave=False)
     for start in range(0, len(paths), batch_size):
+        if start:
+            bar.update(batch_size)  # the previous batch is written
         chunk, images = [], []
         for p in paths[start : start + batch_size]:
             try:
@@ -58,4 +62,6 @@ def translate_paths(
                 save_png(out / f"{stem}_depth.png", depth_mm),
                 save_png(out / f"{stem}_depth_colour.png", colour_depth(depth)),
             ]
+    bar.update(bar.total - bar.n)
+    bar.close()
     return report

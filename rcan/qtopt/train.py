@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from rcan.common.checkpoint import (
     load_optimizer_state,
@@ -453,6 +454,17 @@ class Trainer:
             self.replay.load(load_replays(self.run_dir / self.replay_file))
 
     # -- the loop -----------------------------------------------------------------------------------
+    def budget_used(self) -> float:
+        """How much of the run's budget is spent, 0-1: the largest of the env-step, time and (when
+        finetuning) real-episode fractions, since whichever runs out first ends the run."""
+        a = self.args
+        parts = [self.env_steps / max(1, a.env_steps)]
+        if a.minutes > 0:
+            parts.append(self.train_seconds / (a.minutes * 60))
+        if a.finetune_from:
+            parts.append(self.counts["real"] / a.real_episodes if a.real_episodes > 0 else 1.0)
+        return min(1.0, max(parts))
+
     def finished(self) -> bool:
         a = self.args
         if a.finetune_from and self.counts["real"] >= a.real_episodes:
@@ -483,6 +495,12 @@ class Trainer:
         last_ckpt = time.monotonic()
         t_last, s_last, g_last = time.monotonic(), self.env_steps, self.grad_steps
         stats: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+        bar = tqdm(
+            total=1000,
+            initial=round(1000 * self.budget_used()),
+            desc=f"train-agent {self.run_dir.name}",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
+        )
         try:
             tick = time.monotonic()
             while not stop["flag"] and not self.finished():
@@ -514,16 +532,21 @@ class Trainer:
                             )
                             t_last, s_last, g_last = now, self.env_steps, self.grad_steps
                             stats.clear()
+                            bar.set_postfix_str(self._bar_postfix(), refresh=False)
                 if not trained:
                     time.sleep(0.01)
                 now = time.monotonic()
                 self.train_seconds += now - tick
                 tick = now
+                done = round(1000 * self.budget_used())
+                if done > bar.n:
+                    bar.update(done - bar.n)
                 if now - last_ckpt >= a.checkpoint_minutes * 60:
                     self.save_checkpoint()
                     last_ckpt = time.monotonic()
                     tick = last_ckpt
         finally:
+            bar.close()
             if own:
                 coll.close()
             for s, h in old_handlers.items():
@@ -542,6 +565,13 @@ class Trainer:
             "recent_success": {k: _mean(self.recent[k]) for k in ("scripted", "policy", "eval", "real")},
             "agent": str(self.run_dir / AGENT_FILE),
         }
+
+    def _bar_postfix(self) -> str:
+        """The progress bar's figures: data and updates so far, and greedy success on test objects."""
+        text = f"{self.env_steps} env steps, {self.grad_steps} grad steps"
+        if self.recent["eval"]:
+            text += f", eval success {100 * _mean(self.recent['eval']):.0f}%"
+        return text
 
     def _log(
         self, writer: Any, stats: Mapping[str, list[float]], seconds: float, d_env: int, d_grad: int

@@ -457,19 +457,16 @@ class Trainer:
     def budget_used(self) -> float:
         """How much of the run's budget is spent, 0-1: the largest of the env-step, time and (when
         finetuning) real-episode fractions, since whichever runs out first ends the run."""
-        a = self.args
-        parts = [self.env_steps / max(1, a.env_steps)]
+        a = self.args  # validated: env_steps >= 1, and real_episodes >= 1 when finetuning
+        parts = [self.env_steps / a.env_steps]
         if a.minutes > 0:
             parts.append(self.train_seconds / (a.minutes * 60))
         if a.finetune_from:
-            parts.append(self.counts["real"] / a.real_episodes if a.real_episodes > 0 else 1.0)
+            parts.append(self.counts["real"] / a.real_episodes)
         return min(1.0, max(parts))
 
     def finished(self) -> bool:
-        a = self.args
-        if a.finetune_from and self.counts["real"] >= a.real_episodes:
-            return True
-        return self.env_steps >= a.env_steps or (a.minutes > 0 and self.train_seconds >= a.minutes * 60)
+        return self.budget_used() >= 1.0
 
     def run(self, collectors: Collector | None = None) -> dict[str, Any]:
         """Train until ``env_steps`` or ``minutes``; checkpoints periodically, at the end and on a signal."""

@@ -40,15 +40,14 @@ def make_patient(policy: Any, tau: float, last_step: int) -> Any:
             ends = a[4] > 0 and a[5] > 0
             waited = False
             if ends and q < tau and self.step_count < last_step:
-                score_all = self._restricted
-                a, q2 = score_all(image, state)
+                a, _ = self._open_move(image, state)
                 waited = True
             self.log.append({"q": q, "ends": bool(ends), "waited": waited})
             self.step_count += 1
             return a
 
         @torch.no_grad()
-        def _restricted(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
+        def _open_move(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
             """The greedy action among those that keep the gripper open and do not terminate."""
             net = self.network
             orig = net.head
@@ -143,7 +142,8 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         for tau in args.tau:
             futs = [
-                pool.submit(run_one, args.agent, tau, args.last_step, s, args.attempts) for s in range(args.sets)
+                pool.submit(run_one, args.agent, tau, args.last_step, s, args.attempts)
+                for s in range(args.sets)
             ]
             rows = [f.result() for f in futs]
             k = sum(r["successes"] for r in rows)
@@ -162,7 +162,9 @@ def main() -> None:
                 "mean_steps": sum(r["mean_steps"] * r["attempts"] for r in rows) / n,
                 "waited_attempts": sum(r["waited_attempts"] for r in rows),
                 "auc_final_q": auc([a for a, _ in have], [b for _, b in have]),
-                "final_q_quartiles": [round(float(v), 3) for v in np.percentile([a for a, _ in have], [25, 50, 75])],
+                "final_q_quartiles": [
+                    round(float(v), 3) for v in np.percentile([a for a, _ in have], [25, 50, 75])
+                ],
                 "failures": fails,
             }
             results[str(tau)] = summary

@@ -22,7 +22,8 @@ MAX_TRANSLATION = 0.04
 
 
 def run_set(agent: str, seed: int, ox: float, oy: float, attempts: int) -> list[dict[str, Any]]:
-    """One object set: per attempt, success and the last closing's (object centre - closing point)."""
+    """One object set: per attempt, success, the last closing's (object centre - closing point) and the
+    name of that nearest object."""
     import torch
 
     torch.set_num_threads(1)
@@ -37,7 +38,7 @@ def run_set(agent: str, seed: int, ox: float, oy: float, attempts: int) -> list[
         for _ in range(attempts):
             obs, info = env.reset(seed=int(rng.integers(2**31)))
             policy.reset(info)
-            done, offset = False, None
+            done, offset, nearest_name = False, None, None
             while not done:
                 a = policy.act(obs, info).copy()
                 closing = not obs["gripper_closed"] and a[4] > 0
@@ -47,10 +48,13 @@ def run_set(agent: str, seed: int, ox: float, oy: float, attempts: int) -> list[
                 if closing:
                     point = env.commanded_point(a)[:2]
                     centres = np.array([env.cell.box_centre_xy(b) for b in env.cell.object_bodies])
-                    nearest = centres[np.argmin(np.linalg.norm(centres - point, axis=1))]
-                    offset = (nearest - point).tolist()
+                    j = int(np.argmin(np.linalg.norm(centres - point, axis=1)))
+                    offset = (centres[j] - point).tolist()
+                    nearest_name = env.episode_objects[j]  # bodies are loaded in the episode's order
                 obs, _, done, _, info = env.step(a)
-            rows.append({"success": bool(info.get("is_success", False)), "offset": offset})
+            rows.append(
+                {"success": bool(info.get("is_success", False)), "offset": offset, "object": nearest_name}
+            )
     finally:
         env.close()
     return rows
@@ -63,8 +67,9 @@ def main() -> None:
     ap.add_argument("--oy", type=float, default=0.0, help="shift of every final closing in world y (m)")
     ap.add_argument("--sets", type=int, default=5)
     ap.add_argument("--attempts", type=int, default=102)
+    ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    with ProcessPoolExecutor(2) as pool:
+    with ProcessPoolExecutor(args.jobs) as pool:
         futures = [
             pool.submit(run_set, args.agent, s, args.ox, args.oy, args.attempts) for s in range(args.sets)
         ]
@@ -72,6 +77,11 @@ def main() -> None:
     closed = [r for r in rows if r["offset"] is not None]
     offsets = 100 * np.array([r["offset"] for r in closed])
     ok = np.array([r["success"] for r in closed])
+    per_object: dict[str, list[int]] = {}
+    for r in closed:
+        per_object.setdefault(r["object"], [0, 0])
+        per_object[r["object"]][0] += r["success"]
+        per_object[r["object"]][1] += 1
     print(
         json.dumps(
             {
@@ -82,6 +92,7 @@ def main() -> None:
                 "mean_offset_successes_cm": offsets[ok].mean(0).round(2).tolist(),
                 "mean_offset_failures_cm": offsets[~ok].mean(0).round(2).tolist(),
                 "median_abs_offset_cm": np.median(np.abs(offsets), 0).round(2).tolist(),
+                "per_nearest_object": {k: f"{v[0]}/{v[1]}" for k, v in sorted(per_object.items())},
             }
         )
     )

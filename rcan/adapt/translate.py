@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from rcan.adapt.inference import load_generator, translate_batch
 from rcan.common.images import colour_depth, colour_segmentation, find_images, load_square_rgb, save_png
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -36,32 +40,39 @@ def translate_paths(
     stems: dict[str, int] = {}
     bar = tqdm(total=len(paths), unit="image", desc="translate", leave=False)
     for start in range(0, len(paths), batch_size):
-        if start:
-            bar.update(batch_size)  # the previous batch is written
+        batch = paths[start : start + batch_size]
         chunk, images = [], []
-        for p in paths[start : start + batch_size]:
+        for p in batch:
             try:
                 images.append(load_square_rgb(p, size))
                 chunk.append(p)
             except ValueError as err:
                 report.failed.append((str(p), str(err)))
-        if not images:
-            continue
-        result = translate_batch(model, np.stack(images))
-        for k, p in enumerate(chunk):
-            stem = p.stem
-            stems[stem] = stems.get(stem, 0) + 1
-            if stems[stem] > 1:  # same name in two folders: keep both
-                stem = f"{stem}_{stems[stem]}"
-            seg, depth = result["segmentation"][k], result["depth"][k]
-            depth_mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
-            report.written += [
-                save_png(out / f"{stem}_canonical.png", result["rgb"][k]),
-                save_png(out / f"{stem}_segmentation.png", seg),
-                save_png(out / f"{stem}_segmentation_colour.png", colour_segmentation(seg)),
-                save_png(out / f"{stem}_depth.png", depth_mm),
-                save_png(out / f"{stem}_depth_colour.png", colour_depth(depth)),
-            ]
-    bar.update(bar.total - bar.n)
+        if images:
+            report.written += _write_batch(model, np.stack(images), chunk, out, stems)
+        bar.update(len(batch))
     bar.close()
     return report
+
+
+def _write_batch(
+    model: nn.Module, images: np.ndarray, chunk: list[Path], out: Path, stems: dict[str, int]
+) -> list[Path]:
+    """Translate one batch and write each image's five PNGs; ``stems`` counts names already used."""
+    written: list[Path] = []
+    result = translate_batch(model, images)
+    for k, p in enumerate(chunk):
+        stem = p.stem
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # same name in two folders: keep both
+            stem = f"{stem}_{stems[stem]}"
+        seg, depth = result["segmentation"][k], result["depth"][k]
+        depth_mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
+        written += [
+            save_png(out / f"{stem}_canonical.png", result["rgb"][k]),
+            save_png(out / f"{stem}_segmentation.png", seg),
+            save_png(out / f"{stem}_segmentation_colour.png", colour_segmentation(seg)),
+            save_png(out / f"{stem}_depth.png", depth_mm),
+            save_png(out / f"{stem}_depth_colour.png", colour_depth(depth)),
+        ]
+    return written

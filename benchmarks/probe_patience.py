@@ -29,10 +29,15 @@ def make_patient(policy: Any, tau: float, last_step: int) -> Any:
     from rcan.qtopt.agent import QTOptPolicy
 
     class Patient(QTOptPolicy):
+        episodes: list[list[dict[str, Any]]]
+        """One list per episode since the policy was made (the current one last): each step's Q,
+        whether the greedy action closed and terminated, and whether it was refused."""
+
         def reset(self, info: Any = None) -> None:
             super().reset(info)
             self.step_count = 0
-            self.log: list[dict[str, float]] = []
+            self.log: list[dict[str, Any]] = []
+            self.episodes.append(self.log)
 
         def act(self, obs: Any, info: Any = None) -> np.ndarray:
             image, state = self.prepare(obs)
@@ -49,20 +54,23 @@ def make_patient(policy: Any, tau: float, last_step: int) -> Any:
         @torch.no_grad()
         def _open_move(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
             """The greedy action among those that keep the gripper open and do not terminate."""
-            net = self.network
-            orig = net.head
 
-            def head(f: Any, s: Any, c: Any, chunk: int = 256) -> Any:
-                c = c.clone()
-                c[..., 4] = -1.0
-                c[..., 5] = -1.0
-                return orig(f, s, c, chunk)
+            def opened(head: Any) -> Any:
+                def score(f: Any, s: Any, c: Any, chunk: int = 256) -> Any:
+                    c = c.clone()
+                    c[..., 4] = -1.0
+                    c[..., 5] = -1.0
+                    return head(f, s, c, chunk)
 
-            net.head = head  # type: ignore[method-assign]
+                return score
+
+            for net in self.networks:  # every critic scores the candidates with the gripper kept open
+                net.head = opened(net.head)  # type: ignore[method-assign]
             try:
                 a, q = self.act_prepared(image, state)
             finally:
-                del net.head
+                for net in self.networks:
+                    del net.head
             a = a.copy()
             a[4] = -1.0
             a[5] = -1.0
@@ -80,6 +88,7 @@ def make_patient(policy: Any, tau: float, last_step: int) -> Any:
         rerank=policy.rerank,
     )
     p.torch_rng = policy.torch_rng
+    p.episodes = []
     return p
 
 
@@ -91,17 +100,8 @@ def run_one(agent: str, tau: float, last_step: int, seed: int, attempts: int) ->
     from rcan.qtopt.evaluate import evaluate_policy
 
     policy = make_patient(load_agent(agent, seed=seed), tau, last_step)
-    logs: list[list[dict[str, float]]] = []
-    orig_reset = policy.reset
-
-    def reset(info: Any = None) -> None:
-        if getattr(policy, "log", None):
-            logs.append(policy.log)
-        orig_reset(info)
-
-    policy.reset = reset  # type: ignore[method-assign]
     r = evaluate_policy(policy, "canonical", attempts, seed, camera=policy.camera, strip_attempts=0)
-    logs.append(policy.log)
+    logs = policy.episodes
     waited = sum(any(s["waited"] for s in ep) for ep in logs)
     final_q = [next((s["q"] for s in reversed(ep) if s["ends"] and not s["waited"]), None) for ep in logs]
     succ = [a["success"] for a in r["per_attempt"]]
@@ -117,15 +117,6 @@ def run_one(agent: str, tau: float, last_step: int, seed: int, attempts: int) ->
     }
 
 
-def auc(scores: list[float], labels: list[bool]) -> float:
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agent", default="rcan/assets/agent")
@@ -136,6 +127,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=None, help="JSON file for the figures")
     args = ap.parse_args()
+    from bench_grasp_view import roc_auc  # this script's folder is on sys.path when it runs
+
     from rcan.qtopt.evaluate import wilson_interval
 
     results = {}
@@ -161,7 +154,7 @@ def main() -> None:
                 "per_set": [r["successes"] / r["attempts"] for r in rows],
                 "mean_steps": sum(r["mean_steps"] * r["attempts"] for r in rows) / n,
                 "waited_attempts": sum(r["waited_attempts"] for r in rows),
-                "auc_final_q": auc([a for a, _ in have], [b for _, b in have]),
+                "auc_final_q": roc_auc(np.array([a for a, _ in have]), np.array([b for _, b in have], float)),
                 "final_q_quartiles": [
                     round(float(v), 3) for v in np.percentile([a for a, _ in have], [25, 50, 75])
                 ],

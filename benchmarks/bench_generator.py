@@ -39,8 +39,10 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from rcan.adapt.args import make_args  # noqa: E402
 from rcan.adapt.networks import count_parameters, define_G  # noqa: E402
-from rcan.adapt.train import Trainer, make_args, make_batch  # noqa: E402
+from rcan.adapt.pairs import make_batch  # noqa: E402
+from rcan.adapt.train import Trainer  # noqa: E402
 
 SIZE = 64
 LATENCY_GOAL_MS = 5.0

@@ -16,18 +16,11 @@ import pytest
 import torch
 
 from rcan.adapt import commands
+from rcan.adapt.args import make_args, resolve_args
 from rcan.adapt.inference import load_generator, save_generator
 from rcan.adapt.networks import define_G
-from rcan.adapt.train import (
-    BatchOrder,
-    Trainer,
-    load_arrays,
-    make_args,
-    make_batch,
-    resolve_args,
-    split_indices,
-    train,
-)
+from rcan.adapt.pairs import BatchOrder, load_arrays, make_batch, split_indices
+from rcan.adapt.train import Trainer, train
 from rcan.common.checkpoint import load_safetensors, read_metadata
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,8 @@
 """RCAN: the randomized-to-canonical generator (paper section 4) and its training.
 
-Submodules: ``networks`` (generator and discriminator factories), ``losses``, ``train`` (the training
-loop), ``inference`` (loading a trained generator and translating images), ``commands`` (CLI wiring).
+Submodules: ``networks`` (generator and discriminator factories), ``losses``, ``args`` (training
+arguments and presets), ``pairs`` (paired data and batch order), ``train`` (the training loop),
+``inference`` (loading a trained generator and translating images), ``commands`` (CLI wiring).
 Names are imported lazily so that ``rcan --help`` does not pay for importing torch. (The training
 function is ``rcan.adapt.train.train``: a package attribute named ``train`` would clash with the submodule.)
 """
@@ -18,7 +19,7 @@ _LAZY = {
     "DiscriminatorConfig": "rcan.adapt.networks",
     "load_generator": "rcan.adapt.inference",
     "translate_batch": "rcan.adapt.inference",
-    "TrainArgs": "rcan.adapt.train",
+    "TrainArgs": "rcan.adapt.args",
 }
 
 __all__ = sorted(_LAZY)

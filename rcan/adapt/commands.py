@@ -51,7 +51,8 @@ def register(sub: Any) -> None:
 
 
 def _cmd_train_generator(args: argparse.Namespace) -> int:
-    from rcan.adapt.train import resolve_args, train
+    from rcan.adapt.args import resolve_args
+    from rcan.adapt.train import train
 
     overrides = {
         "data": args.data,

@@ -25,9 +25,7 @@ import math
 import os
 import signal
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +34,32 @@ import torch
 from tqdm.auto import tqdm
 
 from rcan.adapt import losses as L
+from rcan.adapt.args import (
+    CONFIG_FILE,
+    RESUMABLE,
+    STATE_FILE,
+    STATE_FORMAT,
+    TrainArgs,
+    args_from_json,
+    validate_args,
+)
 from rcan.adapt.inference import GENERATOR_FILE, GENERATOR_FORMAT, save_generator
 from rcan.adapt.networks import (
     config_to_json,
     count_parameters,
     define_D,
     define_G,
-    discriminator_config,
     generator_config,
     images_to_input,
     output_to_images,
+)
+from rcan.adapt.pairs import (
+    BatchOrder,
+    fingerprint,
+    load_arrays,
+    make_batch,
+    split_indices,
+    validate_arrays,
 )
 from rcan.common.atomic import write_json_atomic
 from rcan.common.checkpoint import (
@@ -57,273 +71,6 @@ from rcan.common.checkpoint import (
     rng_state_to_tensors,
     save_safetensors_atomic,
 )
-from rcan.common.presets import from_preset
-
-STATE_FILE = "train_state.safetensors"
-STATE_FORMAT = "rcan.generator_train_state"
-CONFIG_FILE = "config.json"
-ARRAY_KEYS = ("randomized", "canonical", "segmentation", "depth")
-
-
-@dataclass
-class TrainArgs:
-    """Arguments of ``rcan train-generator``. Defaults are the ``default`` preset: 64x64, 12k steps of 16 pairs
-    (~10 epochs of 20k pairs), about an hour on this 2-core machine at the 45-60 pairs/s measured with 1 thread."""
-
-    data: str = ""
-    """Paired dataset: a directory readable by ``rcan.data.paired.PairedDataset``, or an ``.npz`` with the
-    arrays randomized, canonical, segmentation, depth."""
-    out: str = "runs/generator"
-    """Run directory (config, TensorBoard logs, image grids, checkpoints)."""
-    preset: str = "default"
-    """Name of the preset these arguments started from (tiny, default, paper); informational."""
-    resume: bool = False
-    """Continue the run in ``out`` from its checkpoint (required if ``out`` has one)."""
-    steps: int = 12000
-    """Total optimizer steps (G and D one step each); on resume, may be raised to train further."""
-    batch_size: int = 16
-    """Pairs per step."""
-    seed: int = 0
-    """Seeds weight init, the data order (per epoch) and torch's RNG."""
-    generator: str = "default"
-    """Generator architecture preset (see ``rcan.adapt.networks.GENERATOR_PRESETS``; ``pix2pix`` = the
-    standard pix2pix U-Net)."""
-    discriminator: str = "default"
-    """Discriminator architecture preset (see ``rcan.adapt.networks.DISCRIMINATOR_PRESETS``)."""
-    lr: float = 2e-4
-    """Adam learning rate for G and D."""
-    beta1: float = 0.5
-    """Adam beta1 (pix2pix's 0.5)."""
-    beta2: float = 0.999
-    """Adam beta2."""
-    lambda_x: float = 1.0
-    """Weight of the MPSE between generated and canonical RGB (paper eq. 2)."""
-    lambda_rgb_l2: float = 0.1
-    """Weight of a plain MSE on RGB (our addition): MPSE ignores a constant colour offset, this pins it."""
-    lambda_m: float = 1.0
-    """Weight of the L2 between softmax segmentation and one-hot targets (Brier score per pixel)."""
-    lambda_d: float = 1.0
-    """Weight of the L2 on depth, in units of metres / depth_scale (2 m)."""
-    lambda_gan: float = 0.02
-    """Weight of the (non-saturating) sigmoid cross-entropy GAN loss for G; 0 disables D entirely."""
-    val_fraction: float = 0.02
-    """Held-out fraction: the dataset's last pairs (a contiguous tail, since neighbouring pairs share a scene)."""
-    val_max: int = 512
-    """At most this many held-out pairs are scored at each evaluation."""
-    log_every: int = 50
-    """Steps between TensorBoard scalar logs (averages over the interval)."""
-    eval_every: int = 1000
-    """Steps between validation losses (and at the end)."""
-    grid_every: int = 2000
-    """Steps between image grids (and at the end)."""
-    checkpoint_every: int = 500
-    """Steps between checkpoints (and at the end, and on Ctrl-C/SIGTERM at a step boundary)."""
-    grid_samples: int = 6
-    """Rows of an image grid."""
-    threads: int = 0
-    """torch intra-op threads; 0 = half the logical CPUs, at most 8 (1 on a 2-core machine), or on resume the
-    count the run used (bitwise-exact resume needs the same count). On a shared machine a second thread
-    competing with another busy process made steps up to 8x slower, while on an idle one it gained ~1.5x;
-    pass 2 for a dedicated 2-core machine."""
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "generator": "tiny",
-        "discriminator": "tiny",
-        "steps": 80,
-        "batch_size": 8,
-        "log_every": 10,
-        "eval_every": 40,
-        "grid_every": 40,
-        "checkpoint_every": 40,
-        "grid_samples": 4,
-        "val_max": 64,
-    },
-    "default": {},
-    # The paper's 472x472 images; for a machine with an accelerator or many cores.
-    "paper": {
-        "generator": "paper",
-        "discriminator": "paper",
-        "steps": 200000,
-        "batch_size": 16,
-        "log_every": 100,
-        "eval_every": 5000,
-        "grid_every": 5000,
-        "checkpoint_every": 2000,
-        "val_max": 256,
-    },
-}
-
-# Fields that may differ between a run and its resumption: they do not change the training trajectory.
-RESUMABLE = frozenset(
-    {
-        "data",
-        "out",
-        "resume",
-        "steps",
-        "threads",
-        "log_every",
-        "eval_every",
-        "grid_every",
-        "checkpoint_every",
-        "grid_samples",
-        "val_max",
-    }
-)
-
-
-def make_args(preset: str = "default", **overrides: Any) -> TrainArgs:
-    """TrainArgs for a preset, with keyword overrides (unknown names raise ValueError)."""
-    return from_preset(TrainArgs, PRESETS, preset, overrides)
-
-
-def resolve_args(out: str, preset: str | None, resume: bool, overrides: Mapping[str, Any]) -> TrainArgs:
-    """Arguments for a CLI invocation: on ``--resume``, the run's saved arguments with the given options
-    applied (``train`` then rejects changes that would alter the trajectory); otherwise the preset's."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if resume:
-        saved = _saved_args(Path(out))
-        if saved is not None:
-            if preset is not None and preset != saved.preset:
-                raise ValueError(f"{out} was trained with --preset {saved.preset}, not {preset}")
-            return dataclasses.replace(saved, out=out, resume=True, **overrides)
-    return make_args(preset or "default", out=out, resume=resume, **overrides)
-
-
-def _saved_args(out: Path) -> TrainArgs | None:
-    state = out / STATE_FILE
-    if not state.is_file():
-        return None
-    meta = read_metadata(state)
-    if meta.get("format") != STATE_FORMAT or "args" not in meta:
-        raise ValueError(f"{state} is not an rcan generator training state")
-    return _args_from_json(meta["args"])
-
-
-def _args_from_json(text: str) -> TrainArgs:
-    raw = json.loads(text)
-    names = {f.name for f in dataclasses.fields(TrainArgs)}
-    return TrainArgs(**{k: v for k, v in raw.items() if k in names})
-
-
-def validate_args(args: TrainArgs) -> None:
-    """Reject impossible settings with one clear message each."""
-    if not args.out:
-        raise ValueError("--out is required")
-    for name in ("steps", "batch_size", "log_every", "eval_every", "grid_every", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("grid_samples", "val_max", "threads"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(args, name)}")
-    if not 0.0 <= args.val_fraction < 0.5:
-        raise ValueError(f"val_fraction must be in [0, 0.5), got {args.val_fraction}")
-    for name in ("lambda_x", "lambda_rgb_l2", "lambda_m", "lambda_d", "lambda_gan"):
-        if getattr(args, name) < 0 or not math.isfinite(getattr(args, name)):
-            raise ValueError(f"{name} must be a finite number >= 0, got {getattr(args, name)}")
-    if not (args.lr > 0 and 0 <= args.beta1 < 1 and 0 <= args.beta2 < 1):
-        raise ValueError("need lr > 0 and betas in [0, 1)")
-    generator_config(args.generator)
-    discriminator_config(args.discriminator)
-
-
-# -- data ----------------------------------------------------------------------------------------------
-def load_arrays(data: str) -> dict[str, np.ndarray]:
-    """The four paired arrays from a dataset directory (``PairedDataset``) or an ``.npz`` file."""
-    if not data:
-        raise ValueError("--data is required (a paired dataset directory or an .npz file)")
-    path = Path(data)
-    if not path.exists():
-        raise FileNotFoundError(f"no dataset at {path}")
-    if path.is_file():
-        if path.suffix != ".npz":
-            raise ValueError(f"{path} is a file but not an .npz; pass a paired dataset directory")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in ARRAY_KEYS if k in f.files}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read {path}: {err}") from None
-    from rcan.data.paired import PairedDataset
-
-    with PairedDataset(path) as ds:
-        arrays = ds.load()
-    return {k: arrays[k] for k in ARRAY_KEYS if k in arrays}
-
-
-def validate_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
-    """Check keys, dtypes and shapes; returns (number of pairs, image size)."""
-    missing = [k for k in ARRAY_KEYS if k not in arrays]
-    if missing:
-        raise ValueError(f"paired data lacks {', '.join(missing)}")
-    rnd, can, seg, dep = (arrays[k] for k in ARRAY_KEYS)
-    if rnd.dtype != np.uint8 or rnd.ndim != 4 or rnd.shape[-1] != 3:
-        raise ValueError(f"randomized must be uint8 (n, H, W, 3), got {rnd.dtype} {rnd.shape}")
-    n, h, w = rnd.shape[:3]
-    if h != w:
-        raise ValueError(f"images must be square, got {h}x{w}")
-    if can.shape != rnd.shape or can.dtype != np.uint8:
-        raise ValueError(f"canonical must be uint8 {rnd.shape}, got {can.dtype} {can.shape}")
-    if seg.shape != (n, h, w) or not np.issubdtype(seg.dtype, np.integer):
-        raise ValueError(f"segmentation must be integer {(n, h, w)}, got {seg.dtype} {seg.shape}")
-    if dep.shape != (n, h, w) or not np.issubdtype(dep.dtype, np.floating):
-        raise ValueError(f"depth must be float {(n, h, w)}, got {dep.dtype} {dep.shape}")
-    if n < 2:
-        raise ValueError(f"need at least 2 pairs, got {n}")
-    return n, h
-
-
-def split_indices(n: int, val_fraction: float) -> tuple[int, int]:
-    """(number of training pairs, number of held-out pairs); the held-out pairs are the last ones."""
-    n_val = 0 if val_fraction <= 0 else min(n - 1, max(1, round(n * val_fraction)))
-    return n - n_val, n_val
-
-
-def fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
-    """A cheap identity of the data (sizes and a CRC of a strided sample), checked on resume."""
-    rnd = arrays["randomized"]
-    step = max(1, rnd.shape[0] // 64)
-    crc = zlib.crc32(np.ascontiguousarray(rnd[::step]).tobytes())
-    crc = zlib.crc32(np.ascontiguousarray(arrays["canonical"][::step]).tobytes(), crc)
-    return json.dumps({"shape": list(rnd.shape), "crc32": crc})
-
-
-class BatchOrder:
-    """Deterministic, resumable data order: epoch e visits the training pairs in the permutation drawn
-    from ``default_rng([seed, e])``, in consecutive batches (the incomplete last batch is dropped)."""
-
-    def __init__(self, n_train: int, batch_size: int, seed: int) -> None:
-        if n_train < batch_size:
-            raise ValueError(f"{n_train} training pairs are fewer than the batch size {batch_size}")
-        self.n_train, self.batch_size, self.seed = n_train, batch_size, seed
-        self.per_epoch = n_train // batch_size
-        self._epoch, self._perm = -1, np.empty(0, np.int64)
-
-    def position(self, step: int) -> tuple[int, int]:
-        """(epoch, batch index within the epoch) of the batch used by 0-based ``step``."""
-        return divmod(step, self.per_epoch)
-
-    def batch(self, step: int) -> np.ndarray:
-        epoch, i = self.position(step)
-        if epoch != self._epoch:
-            self._epoch, self._perm = (
-                epoch,
-                np.random.default_rng([self.seed, epoch]).permutation(self.n_train),
-            )
-        return np.sort(self._perm[i * self.batch_size : (i + 1) * self.batch_size])
-
-
-def make_batch(
-    arrays: Mapping[str, np.ndarray], idx: np.ndarray, depth_scale: float
-) -> dict[str, torch.Tensor]:
-    """Model-ready tensors for the pairs ``idx``: inputs and RGB targets in [-1, 1], class ids, scaled depth."""
-    depth = torch.from_numpy(np.asarray(arrays["depth"][idx], dtype=np.float32)).unsqueeze(1) / depth_scale
-    return {
-        "x": images_to_input(arrays["randomized"][idx]),
-        "rgb": images_to_input(arrays["canonical"][idx]),
-        "seg": torch.from_numpy(np.asarray(arrays["segmentation"][idx])).long(),
-        "depth": depth,
-    }
 
 
 # -- the loop ------------------------------------------------------------------------------------------
@@ -572,7 +319,7 @@ def _resume(
     log: Callable[[str], None],
 ) -> int:
     tensors, meta = load_safetensors(state_path, expect_format=STATE_FORMAT)
-    saved = _args_from_json(meta["args"])
+    saved = args_from_json(meta["args"])
     diffs = [
         f"{f.name} {getattr(saved, f.name)!r} -> {getattr(args, f.name)!r}"
         for f in dataclasses.fields(TrainArgs)

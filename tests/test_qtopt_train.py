@@ -204,6 +204,23 @@ def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp
     assert kinds <= {"real", "policy"} and "real" in kinds
 
 
+def test_joint_finetuning_waits_for_its_warm_up_data(tmp_path) -> None:
+    base = tmp_path / "base"
+    Trainer(make_args("tiny", out=str(base), seed=1)).run()
+    tuned = tmp_path / "tuned"
+    warm = 8
+    args = make_args(
+        "tiny", out=str(tuned), seed=2, finetune_from=str(base), real_episodes=8, finetune_learning_starts=warm
+    )
+    summary = Trainer(args).run()
+    rows = [json.loads(line) for line in (tuned / "episodes.jsonl").read_text().splitlines()]
+    early = [r for r in rows if r["env_steps"] < warm]
+    assert len(early) >= 2 and all(r["grad_steps"] == 0 for r in early)
+    assert summary["env_steps"] > warm and summary["grad_steps"] > 0
+    with pytest.raises(ValueError, match="finetune_learning_starts"):
+        make_args("tiny", out=str(tmp_path / "x"), finetune_from=str(base), real_episodes=2, finetune_learning_starts=-1)
+
+
 def test_joint_finetuning_can_continue_the_training_run(tmp_path) -> None:
     base = tmp_path / "base"
     trained = Trainer(make_args("tiny", out=str(base), seed=1))

@@ -284,6 +284,9 @@ class TrainArgs:
     real_fraction: float = 0.5
     """Joint finetuning: the fraction of episodes run in ``real_domain`` (the rest are simulated on-policy
     episodes in the training domain) and of each batch drawn from them."""
+    finetune_learning_starts: int = 0
+    """Joint finetuning: env steps (real and simulated) collected by the starting agent before the first
+    gradient step, so the first updates do not fit a handful of episodes (0: learn from the first one)."""
     finetune_continue: bool = False
     """Joint finetuning from a run directory: carry on that run's training instead of restarting it: its
     online and both target networks, its optimizer state and its simulated replay (scripted and on-policy),
@@ -415,6 +418,9 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("object_offset_weight and object_offset_points must be >= 0")
     if args.wall_yaw_weight < 0:
         raise ValueError("wall_yaw_weight must be >= 0")
+    for name in ("learning_starts", "finetune_learning_starts"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(args, name)}")
     if args.object_offset_weight > 0 and not args.target_readout:
         raise ValueError("object_offset_weight needs target_readout (offsets are read where the read-out looks)")
     network_config(args)  # the network's own checks (which options need which)

@@ -263,8 +263,8 @@ class Trainer:
 
     @property
     def learning_starts(self) -> int:
-        """Env steps before the first gradient step (none when finetuning an already trained agent)."""
-        return 0 if self.args.finetune_from else self.args.learning_starts
+        """Env steps before the first gradient step (``finetune_learning_starts`` when finetuning)."""
+        return self.args.finetune_learning_starts if self.args.finetune_from else self.args.learning_starts
 
     # -- learning -----------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:

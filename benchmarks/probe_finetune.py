@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, flags in a.variant:
             ft = a.out / f"{agent}-{name}"
             row: dict[str, Any] = {}
-            for k, budget in zip(("small", "large"), budgets(pieces, agent)):
+            for k, budget in zip(("small", "large"), budgets(pieces, agent), strict=True):
                 cmd = [rcan, "train-agent", "--input", agent, "--out", str(ft), "--seed", seed, *gen]
                 cmd += ["--finetune-from", str(a.reproduce / "agents" / agent), "--real-episodes", str(budget)]
                 cmd += ["--minutes", "0", "--env-steps", str(10**9), "--set", "eval_prob=0", *flags]

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rcan.common.atomic import write_json_atomic
 from rcan.experiments.reproduce import stage_budgets
 
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     generator = pieces["config"]["generator"] or str(Path(__file__).resolve().parents[1] / "rcan/assets/generator")
     rcan = str(Path(sys.executable).parent / "rcan")
     a.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
+    record = a.out / "probe_finetune.json"  # earlier invocations' variants are kept beside this one's
+    results: dict[str, Any] = json.loads(record.read_text()) if record.is_file() else {}
     for agent in a.agents:
         if f"train:{agent}" not in pieces["results"]:
             p.error(f"{a.reproduce} has not trained the {agent} agent yet")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[k] = {"budget": budget, "successes": r["successes"], "attempts": r["attempts"]}
                 print(f"{agent} {name} after {budget} real grasps: {r['success_rate']:.1%}", flush=True)
             results[f"{agent}:{name}"] = row
-            (a.out / "probe_finetune.json").write_text(json.dumps(results, indent=2) + "\n")
+            write_json_atomic(record, results)
     for key, row in results.items():
         print(key, "  ".join(f"{k} {v['successes']}/{v['attempts']} ({v['budget']} grasps)" for k, v in row.items()))
     return 0

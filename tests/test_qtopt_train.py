@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from rcan.common.checkpoint import load_safetensors
 from rcan.qtopt import commands
 from rcan.qtopt.agent import load_agent
-from rcan.qtopt.args import STATE_FILE, make_args, resolve_args
+from rcan.qtopt.args import STATE_FILE, learning_rate, make_args, resolve_args
 from rcan.qtopt.replay import load_replays
 from rcan.qtopt.train import Trainer
 
@@ -217,6 +218,9 @@ def test_joint_finetuning_waits_for_its_warm_up_data(tmp_path) -> None:
     early = [r for r in rows if r["env_steps"] < warm]
     assert len(early) >= 2 and all(r["grad_steps"] == 0 for r in early)
     assert summary["env_steps"] > warm and summary["grad_steps"] > 0
+    # Finetuning uses its own (lower) learning rate from the first step.
+    assert learning_rate(args, 0) == args.finetune_lr < args.lr
+    assert learning_rate(dataclasses.replace(args, finetune_from=None, real_episodes=0), 0) == args.lr
     with pytest.raises(ValueError, match="finetune_learning_starts"):
         make_args("tiny", out=str(tmp_path / "x"), finetune_from=str(base), real_episodes=2, finetune_learning_starts=-1)
 

@@ -284,6 +284,11 @@ class TrainArgs:
     real_fraction: float = 0.5
     """Joint finetuning: the fraction of episodes run in ``real_domain`` (the rest are simulated on-policy
     episodes in the training domain) and of each batch drawn from them."""
+    finetune_lr: float = 3e-5
+    """Joint finetuning: the Adam learning rate (in place of ``lr`` and its decay). With the training
+    rate (3e-4) every agent of the 2026-12-04 Table 1 run lost most of its zero-shot success after the
+    first real grasps (RCAN 33% -> 17%, 11% after 278 grasps); with 3e-5 the same RCAN agent reached 45%
+    and 43%, the mild one 17% and 17% instead of 7% and 10% (benchmarks/probe_finetune.py)."""
     finetune_learning_starts: int = 0
     """Joint finetuning: env steps (real and simulated) collected by the starting agent before the first
     gradient step, so the first updates do not fit a handful of episodes (0: learn from the first one)."""
@@ -412,8 +417,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError(f"scripted_lift_steps must be >= 1, got {args.scripted_lift_steps}")
     if args.grasp_branches < 0 or args.branch_std < 0 or not 0.0 <= args.branch_aim_prob <= 1.0:
         raise ValueError("grasp_branches and branch_std must be >= 0 and branch_aim_prob in [0, 1]")
-    if args.lr <= 0 or args.lr_final < 0 or args.lr_decay_steps < 1:
-        raise ValueError("lr must be > 0, lr_final >= 0 and lr_decay_steps >= 1")
+    if args.lr <= 0 or args.finetune_lr <= 0 or args.lr_final < 0 or args.lr_decay_steps < 1:
+        raise ValueError("lr and finetune_lr must be > 0, lr_final >= 0 and lr_decay_steps >= 1")
     if args.object_offset_weight < 0 or args.object_offset_points < 0:
         raise ValueError("object_offset_weight and object_offset_points must be >= 0")
     if args.wall_yaw_weight < 0:
@@ -562,7 +567,9 @@ def make_collectors(a: TrainArgs, seed: int) -> Collector:
 
 def learning_rate(args: TrainArgs, grad_steps: int) -> float:
     """The learning rate of gradient step ``grad_steps`` (0-based): ``lr``, or its linear fall to
-    ``lr_final`` over ``lr_decay_steps`` steps."""
+    ``lr_final`` over ``lr_decay_steps`` steps; ``finetune_lr`` throughout joint finetuning."""
+    if args.finetune_from:
+        return args.finetune_lr
     if args.lr_final <= 0:
         return args.lr
     frac = min(1.0, grad_steps / args.lr_decay_steps)

@@ -176,6 +176,7 @@ def _train_overrides(args: ReproduceArgs, agent: str, generator: str) -> dict[st
         "collectors": args.collectors,
         "backend": args.backend,
         "address": args.address,
+        "check_grasps": 0,  # Table 1's agents act as the paper's: no grasp check (rcan.qtopt.grasp_check)
     }
     if agent == "rcan":
         o["generator"] = generator

@@ -272,6 +272,15 @@ class TrainArgs:
     Bellman targets as Ray actors (``pip install 'rcan[ray]'``; see ``rcan.qtopt.ray_backend``)."""
     address: str | None = None
     """With ``backend="ray"``: the Ray cluster to join (``auto``, ``HOST:PORT``); default: start a local Ray."""
+    check_grasps: int = 4000
+    """After training (never after joint finetuning): fit the agent's grasp check from this many lifted
+    grasps by the final agent in simulation (``rcan.qtopt.grasp_check``; ``RUN/check.safetensors``, ~9
+    minutes on 2 cores for 4000); evaluation then checks each grasp after lifting it and regrasps when it
+    holds nothing. 0: no check (``rcan train-check`` fits one later)."""
+    check_lift: int = 2
+    """4 cm steps the closed gripper rises before the check looks."""
+    check_threshold: float = 0.6
+    """The check ends the attempt at or above this success estimate, else reopens."""
     finetune_from: str | None = None
     """Joint finetuning (paper 4.3): start from this trained agent (run directory or agent file: its weights
     become the online and both target networks; fresh optimizer and replay) and learn from on-policy episodes
@@ -324,6 +333,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "push_every": 5,
         "log_every": 5,
         "lag_every": 10,
+        "check_grasps": 0,
     },
     "default": {},
     # The paper's camera resolution and QT-Opt's widths and CEM; for a machine with many cores and RAM.
@@ -360,6 +370,9 @@ RESUMABLE = frozenset(
         "backend",
         "address",
         "real_episodes",
+        "check_grasps",
+        "check_lift",
+        "check_threshold",
     }
 )
 """Fields that may change on resume (they do not change what the saved state means)."""
@@ -428,6 +441,11 @@ def _validated(args: TrainArgs) -> TrainArgs:
             raise ValueError(f"{name} must be >= 0, got {getattr(args, name)}")
     if args.object_offset_weight > 0 and not args.target_readout:
         raise ValueError("object_offset_weight needs target_readout (offsets are read where the read-out looks)")
+    if args.check_grasps < 0 or (args.check_grasps and args.check_grasps < 10):
+        raise ValueError(f"check_grasps must be 0 (no check) or >= 10, got {args.check_grasps}")
+    from rcan.qtopt.grasp_check import CheckConfig
+
+    CheckConfig(lift=args.check_lift, threshold=args.check_threshold)  # its own range checks
     network_config(args)  # the network's own checks (which options need which)
     if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
         raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")

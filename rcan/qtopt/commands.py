@@ -4,6 +4,7 @@ torch only when run."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from rcan.qtopt import INPUT_MODES
@@ -124,7 +125,40 @@ def register(sub: Any) -> None:
         metavar="AGENT",
         help="average Q with this agent's too (repeatable; same input mode and camera as --agent)",
     )
+    e.add_argument(
+        "--no-check",
+        action="store_true",
+        help="act without the agent's grasp check (check.safetensors beside it): close and terminate as the "
+        "critic chooses, never reopen",
+    )
+    e.add_argument(
+        "--check-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="end an attempt when the grasp check's success estimate is at least P (default: the check's own)",
+    )
     e.set_defaults(func=_cmd_evaluate)
+
+    k = sub.add_parser(
+        "train-check",
+        help="fit a trained agent's grasp check (regrasp when a lifted grasp holds nothing)",
+        description=(
+            "Collects GRASPS lifted grasps with the agent in simulation on training objects (closed, then "
+            "LIFT 4 cm steps up), labels each by whether terminating there succeeds, and fits a copy of the "
+            "agent's critic to that label. Writes RUN/check.safetensors (used by rcan evaluate from then on), "
+            "RUN/check_data.h5 and RUN/check.json. See rcan/qtopt/grasp_check.py."
+        ),
+    )
+    k.add_argument("--agent", required=True, help="run directory or agent.safetensors")
+    k.add_argument("--grasps", type=int, default=4000, help="lifted grasps to collect (default 4000)")
+    k.add_argument("--lift", type=int, default=2, help="4 cm steps up before the check (default 2)")
+    k.add_argument("--epochs", type=int, default=10)
+    k.add_argument("--jobs", type=int, default=2, help="collector processes (default 2)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--threshold", type=float, default=0.5, help="the check's default threshold")
+    k.add_argument("--generator", default=None, help="RCAN generator for an rcan agent (default: beside it)")
+    k.set_defaults(func=_cmd_train_check)
 
     c = sub.add_parser(
         "learning-curve",
@@ -172,6 +206,12 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         f"{s['env_steps']} env steps, {s['grad_steps']} gradient steps, {s['minutes']:.1f} min; "
         f"recent success: {rates or 'n/a'}; wrote {s['agent']}"
     )
+    if "check" in s:
+        c = s["check"]
+        print(
+            f"grasp check: {c['grasps']} lifted grasps, validation AUC {c['val_auc']:.3f}, "
+            f"{c['minutes']:.1f} min; wrote {Path(s['agent']).parent / 'check.safetensors'}"
+        )
     return 0
 
 
@@ -198,6 +238,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         view_shifts=args.view_shifts,
         ensemble=args.ensemble,
         rerank=args.rerank,
+        check=not args.no_check,
+        check_threshold=args.check_threshold,
     )
     lo, hi = r["wilson95"]
     print(
@@ -224,6 +266,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"{_deg(y['mean_offset_failures'])} for failures; {y['closings_within_30']} closings within 30 deg "
             f"succeed {_pct(y['success_within_30'])}, the others {_pct(y['success_beyond_30'])}"
         )
+    return 0
+
+
+def _cmd_train_check(args: argparse.Namespace) -> int:
+    from rcan.qtopt.grasp_check import fit_check
+
+    s = fit_check(
+        args.agent,
+        grasps=args.grasps,
+        lift=args.lift,
+        epochs=args.epochs,
+        jobs=args.jobs,
+        seed=args.seed,
+        generator=args.generator,
+        threshold=args.threshold,
+    )
+    print(
+        f"{s['grasps']} lifted grasps ({s['success_if_terminated']:.0%} would succeed), validation AUC "
+        f"{s['val_auc']:.3f}; at threshold {s['config']['threshold']}: {s['failures_caught']:.0%} of failures "
+        f"caught, {s['successes_reopened']:.0%} of successes reopened; {s['minutes']:.1f} min"
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ every object (farther than ``NEAR_OBJECT`` m), or closed on or beside one and st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -132,7 +133,10 @@ def evaluate_policy(
                 steps += 1
                 shots.append(obs["image"])
                 success = bool(info.get("is_success", False)) if done else False
-            per_attempt.append({"success": success, "steps": steps, "grasps": grasps, **close})
+            row = {"success": success, "steps": steps, "grasps": grasps, **close}
+            if hasattr(policy, "checks"):  # a CheckedPolicy: its success estimates at each check
+                row["checks"] = [round(float(p), 4) for p in policy.checks]
+            per_attempt.append(row)
             if closing:
                 closings.append({**closing, "success": success, "attempt": i})
             if i < strip_attempts:
@@ -295,6 +299,8 @@ def run_evaluation(
     view_shifts: int | None = None,
     ensemble: list[str] | None = None,
     rerank: int | None = None,
+    check: bool = True,
+    check_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
     and ``closings.png``.
@@ -306,12 +312,15 @@ def run_evaluation(
     ``ensemble``: more agents whose Q is averaged with the agent's (same input mode and camera).
     ``rerank``: with ``view_shifts`` > 1, search on the unshifted view and re-score only the M best
     candidates on all views (0: search on the mean over views; None: the agent file's own).
+    ``check``: act with the agent's grasp check if it has one (``rcan.qtopt.grasp_check``);
+    ``check_threshold`` overrides the check's threshold.
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the
     protocol 4x slower than 1 (measured), so 1 is the default (0 keeps torch's choice)."""
     import torch
 
     from rcan.qtopt.agent import load_agent, resolve_agent_path
+    from rcan.qtopt.grasp_check import CheckedPolicy, with_check
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -330,6 +339,10 @@ def run_evaluation(
     policy = load_agent(
         path, generator=generator, cem=cem, seed=seed, view_shifts=view_shifts, ensemble=members, rerank=rerank
     )
+    if check:
+        policy = with_check(policy, path, threshold=check_threshold)
+    elif check_threshold is not None:
+        raise ValueError("--check-threshold needs the grasp check (drop --no-check)")
     result = evaluate_policy(
         policy,
         domain,
@@ -353,6 +366,7 @@ def run_evaluation(
     result["view_shifts"] = policy.view_shifts
     result["rerank"] = policy.rerank
     result["ensemble"] = [str(m) for m in members]
+    result["grasp_check"] = dataclasses.asdict(policy.config) if isinstance(policy, CheckedPolicy) else None
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])
     result["frames_png"] = str(strip)
     result["closings_png"] = str(save_closing_sheet(out_dir / "closings.png", closings))

@@ -561,6 +561,7 @@ class Trainer:
             "minutes": self.train_seconds / 60,
             "recent_success": {k: _mean(self.recent[k]) for k in ("scripted", "policy", "eval", "real")},
             "agent": str(self.run_dir / AGENT_FILE),
+            "finished": self.finished(),
         }
 
     def _bar_postfix(self) -> str:
@@ -617,9 +618,22 @@ def train(args: TrainArgs) -> dict[str, Any]:
         args = dataclasses.replace(args, generator=str(resolve_generator_path(args.generator)))
     trainer = Trainer(args)
     try:
-        return trainer.run()
+        summary = trainer.run()
     finally:
         trainer.close()
+    if args.check_grasps > 0 and not args.finetune_from and summary["finished"]:
+        from rcan.qtopt.grasp_check import fit_check
+
+        summary["check"] = fit_check(
+            summary["agent"],
+            grasps=args.check_grasps,
+            lift=args.check_lift,
+            jobs=max(1, args.collectors + 1),
+            seed=args.seed,
+            generator=args.generator,
+            threshold=args.check_threshold,
+        )
+    return summary
 
 
 __all__ = ["Trainer", "train"]

@@ -1,0 +1,184 @@
+"""The grasp check: the acting procedure (close, lift, check, end or reopen), the check file, fitting it
+from the agent's own lifted grasps, and ``rcan evaluate`` / ``rcan train-check`` with it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rcan.qtopt.agent import save_agent
+from rcan.qtopt.cem import CEMConfig
+from rcan.qtopt.evaluate import run_evaluation
+from rcan.qtopt.grasp_check import (
+    LIFT,
+    REOPEN,
+    TERMINATE_HERE,
+    CheckConfig,
+    CheckedPolicy,
+    auc,
+    check_path,
+    fit_check,
+    load_check,
+    save_check,
+    with_check,
+)
+from rcan.qtopt.network import QNetConfig, QNetwork
+
+SMALL = QNetConfig(channels=(8, 8), strides=(4, 2), fuse_channels=6, head_channels=4, fc_hidden=8)
+CLOSE_AND_END = np.array([0.1, 0.2, -1, 0, 1, 1], np.float32)
+MOVE = np.array([0.3, 0, -1, 0, -1, -1], np.float32)
+
+
+class ClosesAtThird:
+    """A stand-in agent: moves twice, then closes and terminates (every time it is asked after that)."""
+
+    network = QNetwork(SMALL)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reset(self, info=None) -> None:
+        self.calls = 0
+
+    def prepare(self, obs):
+        return np.zeros((3, 64, 64), np.uint8), np.zeros(2, np.float32)
+
+    def act(self, obs, info=None) -> np.ndarray:
+        self.calls += 1
+        return CLOSE_AND_END.copy() if self.calls % 3 == 0 else MOVE.copy()
+
+
+class Constant(nn.Module):
+    """A check that always gives the same success estimate."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.logit = float(np.log(p / (1 - p)))
+
+    def forward(self, images, states, actions) -> torch.Tensor:
+        return torch.full((len(images),), self.logit)
+
+
+def _run(policy: CheckedPolicy, steps: int = 20) -> list[np.ndarray]:
+    policy.reset({})
+    out = []
+    for _ in range(steps):
+        a = policy.act({}, {})
+        out.append(a)
+        if a[5] > 0:
+            break
+    return out
+
+
+def test_a_held_grasp_is_lifted_checked_and_ended() -> None:
+    actions = _run(CheckedPolicy(ClosesAtThird(), Constant(0.9), CheckConfig(lift=2)))
+    assert len(actions) == 6
+    np.testing.assert_allclose(actions[2], [0.1, 0.2, -1, 0, 1, -1])  # the agent's closing, not ended
+    np.testing.assert_array_equal(actions[3], LIFT)
+    np.testing.assert_array_equal(actions[4], LIFT)
+    np.testing.assert_array_equal(actions[5], TERMINATE_HERE)
+
+
+def test_an_empty_grasp_reopens_until_retries_or_steps_run_out() -> None:
+    p = CheckedPolicy(ClosesAtThird(), Constant(0.1), CheckConfig(lift=1, max_retries=2, min_steps_left=3))
+    actions = _run(p)
+    reopened = [i for i, a in enumerate(actions) if np.array_equal(a, REOPEN)]
+    assert reopened == [4, 9]  # close at 3, lift at 4, check -> reopen at step 5; again 5 steps later
+    assert len(p.checks) == 2 and all(c == pytest.approx(0.1) for c in p.checks)
+    np.testing.assert_array_equal(actions[-1], CLOSE_AND_END)  # no retry left: the agent's own ending
+    # near the step limit: no reopening, the attempt ends as it is
+    late = CheckedPolicy(
+        ClosesAtThird(), Constant(0.1), CheckConfig(lift=1, max_retries=9, min_steps_left=19)
+    )
+    acts = _run(late)
+    assert not any(np.array_equal(a, REOPEN) for a in acts) and acts[-1][5] > 0
+
+
+def test_no_room_to_lift_passes_the_agents_terminate_through() -> None:
+    p = CheckedPolicy(ClosesAtThird(), Constant(0.1), CheckConfig(lift=2, max_steps=4))
+    acts = _run(p)
+    np.testing.assert_array_equal(acts[2], CLOSE_AND_END)  # 2 steps left: no lift and check possible
+    assert p.checks == []
+
+
+def test_check_config_and_auc_checks() -> None:
+    with pytest.raises(ValueError):
+        CheckConfig(threshold=1.5)
+    with pytest.raises(ValueError):
+        CheckConfig(lift=-1)
+    assert auc(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0], bool)) == 1.0
+    assert np.isnan(auc(np.array([0.5]), np.array([True])))
+
+
+def test_check_file_round_trip_and_errors(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = QNetwork(SMALL)
+    path = save_check(
+        tmp_path / "check.safetensors", net, CheckConfig(lift=3, threshold=0.7), {"val_auc": "0.9"}
+    )
+    loaded, config, meta = load_check(path)
+    assert config == CheckConfig(lift=3, threshold=0.7) and meta["val_auc"] == "0.9"
+    for a, b in zip(net.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    save_agent(tmp_path / "agent.safetensors", net, "canonical", CEMConfig(8, 2, 1))
+    with pytest.raises(ValueError, match="not an rcan"):
+        load_check(tmp_path / "agent.safetensors")  # an agent file is not a check
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_check(tmp_path / "bad.safetensors")
+    wrapped = with_check(ClosesAtThird(), tmp_path, threshold=0.2)
+    assert isinstance(wrapped, CheckedPolicy) and wrapped.config.threshold == 0.2 and wrapped.config.lift == 3
+    assert (
+        with_check("plain", tmp_path / "other" / "agent.safetensors") == "plain"
+    )  # no check file: the policy as it is
+    assert check_path(tmp_path / "agent.safetensors") == tmp_path / "check.safetensors"
+
+
+def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
+    from rcan.cli import main
+
+    torch.manual_seed(0)
+    run = tmp_path / "agent"
+    save_agent(run / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    s = fit_check(run, grasps=12, lift=1, epochs=2, jobs=1)
+    assert s["grasps"] == 12 and len(s["history"]) == 3 and (run / "check_data.h5").is_file()
+    net, config, _ = load_check(run / "check.safetensors")
+    assert config.lift == 1 and json.loads((run / "check.json").read_text())["grasps"] == 12
+    mtime = (run / "check_data.h5").stat().st_mtime_ns
+    fit_check(run, grasps=12, lift=1, epochs=1, jobs=1)  # same settings: the collected grasps are reused
+    assert (run / "check_data.h5").stat().st_mtime_ns == mtime
+
+    r = run_evaluation(str(run), "canonical", attempts=2, seed=0, out=str(tmp_path / "ev"))
+    assert r["grasp_check"]["lift"] == 1 and all("checks" in a for a in r["per_attempt"])
+    r = run_evaluation(str(run), "canonical", attempts=1, seed=0, out=str(tmp_path / "ev2"), check=False)
+    assert r["grasp_check"] is None and "checks" not in r["per_attempt"][0]
+    with pytest.raises(ValueError, match="needs the grasp check"):
+        run_evaluation(
+            str(run), "canonical", attempts=1, out=str(tmp_path / "ev3"), check=False, check_threshold=0.5
+        )
+
+    (run / "check_data.h5").write_bytes(b"not hdf5")
+    assert main(["train-check", "--agent", str(run), "--grasps", "12", "--lift", "1", "--jobs", "1"]) == 2
+    assert "not a readable grasp-check dataset" in capsys.readouterr().err
+    assert main(["train-check", "--agent", str(tmp_path / "missing")]) == 2
+
+
+def test_train_agent_fits_the_check_after_training_but_not_after_finetuning(tmp_path) -> None:
+    from rcan.qtopt.args import make_args
+    from rcan.qtopt.train import train
+
+    run = tmp_path / "run"
+    s = train(make_args("tiny", out=str(run), collectors=0, check_grasps=10, check_lift=1, check_threshold=0.4))
+    assert s["finished"] and s["check"]["grasps"] == 10 and (run / "check.safetensors").is_file()
+    assert load_check(run / "check.safetensors")[1] == CheckConfig(lift=1, threshold=0.4)
+    ft = tmp_path / "ft"
+    s = train(make_args("tiny", out=str(ft), collectors=0, check_grasps=10, finetune_from=str(run), real_episodes=2))
+    assert "check" not in s and not (ft / "check.safetensors").exists()
+    with pytest.raises(ValueError, match="check_grasps"):
+        make_args("tiny", check_grasps=3)
+    with pytest.raises(ValueError, match="threshold"):
+        make_args("tiny", check_threshold=2.0)

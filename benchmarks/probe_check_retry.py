@@ -34,6 +34,7 @@ import torch
 
 from rcan.qtopt.agent import load_agent, load_network
 from rcan.qtopt.evaluate import ASSET_AGENT, evaluate_policy, wilson_interval
+from rcan.qtopt.grasp_check import load_check
 
 TERMINATE_HERE = np.array([0, 0, 0, 0, 1, 1], dtype=np.float32)
 MAX_STEPS = 20
@@ -48,7 +49,11 @@ class CheckRetry:
         self.tau = float(check.rsplit(":", 1)[1]) if check != "holding" else None
         self.judge = policy.network
         if check.startswith("learned:"):
-            self.judge = load_network(check.split(":")[1])[0]
+            path = check.split(":")[1]
+            try:  # a check from rcan train-check, or a critic copy from probe_check_learned.py
+                self.judge = load_check(path)[0]
+            except ValueError:
+                self.judge = load_network(path)[0]
         self.log: list[dict[str, Any]] = []
         self._attempt = -1
 

@@ -78,8 +78,16 @@ def _agent_section(out: Path, seed: int, attempts: int) -> list[str]:
     summary = (
         f"{r['successes']}/{r['attempts']} grasp attempts succeeded ({100 * r['success_rate']:.0f}%, Wilson 95% "
         f"[{100 * lo:.0f}%, {100 * hi:.0f}%]) on unseen test objects in the canonical domain "
-        f"(a demo-sized sample; `rcan evaluate` runs the paper's 102).\n\n![attempts](agent/frames.png)"
+        f"(a demo-sized sample; `rcan evaluate` runs the paper's 102)."
     )
+    if r.get("grasp_check"):
+        reopened = sum(1 for a in r["per_attempt"] for p in a.get("checks", []) if p < r["grasp_check"]["threshold"])
+        summary += (
+            f" The agent acts with its grasp check: it lifts each grasp {r['grasp_check']['lift']} steps, "
+            f"ends the attempt if the check expects success, else reopens and grasps again ({reopened} "
+            f"reopening{'' if reopened == 1 else 's'} here)."
+        )
+    summary += "\n\n![attempts](agent/frames.png)"
     return lines + [summary, ""]
 
 

@@ -182,3 +182,26 @@ def test_train_agent_fits_the_check_after_training_but_not_after_finetuning(tmp_
         make_args("tiny", check_grasps=3)
     with pytest.raises(ValueError, match="threshold"):
         make_args("tiny", check_threshold=2.0)
+
+
+def test_an_early_check_reopens_after_the_first_lift_step() -> None:
+    p = CheckedPolicy(ClosesAtThird(), Constant(0.1), CheckConfig(lift=3, early_threshold=0.2, max_retries=1))
+    acts = _run(p)
+    np.testing.assert_array_equal(acts[3], LIFT)  # one step up, then judged: plainly empty
+    np.testing.assert_array_equal(acts[4], REOPEN)
+    held = CheckedPolicy(ClosesAtThird(), Constant(0.5), CheckConfig(lift=3, early_threshold=0.2, threshold=0.4))
+    acts = _run(held)  # above the early threshold: lifted all the way, then ended
+    assert [np.array_equal(a, LIFT) for a in acts[3:6]] == [True] * 3 and acts[6][5] > 0 and len(held.checks) == 3
+    with pytest.raises(ValueError):
+        CheckConfig(early_threshold=-0.1)
+
+
+def test_fit_check_on_every_lift_level(tmp_path) -> None:
+    torch.manual_seed(0)
+    run = tmp_path / "agent"
+    save_agent(run / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    with pytest.raises(ValueError, match="every lift level"):
+        fit_check(run, grasps=10, lift=2, epochs=1, jobs=1, early_threshold=0.3)
+    s = fit_check(run, grasps=10, lift=2, epochs=1, jobs=1, all_levels=True, early_threshold=0.3)
+    assert s["grasps"] == 10 and set(s["val_auc_by_lift_step"]) == {"1", "2"}
+    assert load_check(run / "check.safetensors")[1].early_threshold == 0.3

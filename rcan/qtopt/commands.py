@@ -158,6 +158,13 @@ def register(sub: Any) -> None:
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--threshold", type=float, default=0.6, help="the check's default threshold (default 0.6)")
     k.add_argument("--generator", default=None, help="RCAN generator for an rcan agent (default: beside it)")
+    k.add_argument(
+        "--early-threshold",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="also judge after each lift step and reopen at once below P (0: off; fits every lift step)",
+    )
     k.set_defaults(func=_cmd_train_check)
 
     c = sub.add_parser(
@@ -281,6 +288,8 @@ def _cmd_train_check(args: argparse.Namespace) -> int:
         seed=args.seed,
         generator=args.generator,
         threshold=args.threshold,
+        all_levels=args.early_threshold > 0,
+        early_threshold=args.early_threshold,
     )
     print(
         f"{s['grasps']} lifted grasps ({s['success_if_terminated']:.0%} would succeed), validation AUC "

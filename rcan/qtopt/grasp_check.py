@@ -68,11 +68,15 @@ class CheckConfig:
     """Reopen at most this many times per attempt."""
     max_steps: int = 20
     """The attempt's step limit (the env's ``max_steps``)."""
+    early_threshold: float = 0.0
+    """Also check after each lift step before the last, and reopen at once below this estimate (0: off;
+    needs a check fitted on every lift level, ``fit_check(all_levels=True)``): a plainly empty grasp
+    then costs fewer of the attempt's steps."""
 
     def __post_init__(self) -> None:
         if self.lift < 0 or self.min_steps_left < 1 or self.max_retries < 0 or self.max_steps < 1:
             raise ValueError(f"bad grasp check settings: {self}")
-        if not 0.0 <= self.threshold <= 1.0:
+        if not (0.0 <= self.threshold <= 1.0 and 0.0 <= self.early_threshold <= 1.0):
             raise ValueError(f"the check threshold must be in [0, 1], got {self.threshold}")
 
 
@@ -113,6 +117,13 @@ class CheckedPolicy:
         c, left = self.config, self.config.max_steps - (self._step - 1)  # steps left, this one included
         if self._phase == "lift":
             if self._lift_left > 0:
+                early = c.early_threshold > 0 and self._lift_left < c.lift  # lifted at least once
+                if early and left >= c.min_steps_left and self._retries < c.max_retries:
+                    p = check_probability(self.check, *self.policy.prepare(obs))
+                    self.checks.append(p)
+                    if p < c.early_threshold:
+                        self._phase, self._retries = "act", self._retries + 1
+                        return REOPEN.copy()
                 self._lift_left -= 1
                 return LIFT.copy()
             p = check_probability(self.check, *self.policy.prepare(obs))
@@ -180,7 +191,7 @@ def with_check(policy: Any, agent_path: str | os.PathLike[str], **overrides: Any
 # --------------------------------------------------------------------------------------------- fitting
 
 
-def _collect(job: tuple[str, int, int, int, str | None]) -> dict[str, np.ndarray]:
+def _collect(job: tuple[str, int, int, int, str | None, bool]) -> dict[str, np.ndarray]:
     """``n`` lifted grasps by the agent on training objects (a new object set every 20 attempts): the
     prepared state after ``lift`` steps up, and whether terminating there succeeded. An attempt whose
     agent has not closed and terminated while ``lift`` + 2 steps remain closes there (so every attempt
@@ -190,19 +201,19 @@ def _collect(job: tuple[str, int, int, int, str | None]) -> dict[str, np.ndarray
     from rcan.qtopt.agent import env_domain, load_agent
     from rcan.qtopt.evaluate import make_eval_env
 
-    agent, lift, n, worker, generator = job
+    agent, lift, n, worker, generator, all_levels = job
     torch.set_num_threads(1)
     policy = load_agent(agent, generator=generator, seed=worker)
     domain = env_domain(policy.input_mode)
     rng = np.random.default_rng([worker, 77])
-    images, states, labels = [], [], []
+    images, states, labels, levels, grasp_ids = [], [], [], [], []
     env = None
     try:
         with tqdm(
             total=n, desc=f"lifted grasps ({worker})", unit="grasp", position=worker, leave=False
         ) as bar:
-            while len(labels) < n:
-                if env is None or len(labels) % 20 == 0:
+            while len(set(grasp_ids)) < n:
+                if env is None or len(set(grasp_ids)) % 20 == 0:
                     if env is not None:
                         env.close()
                     env = make_eval_env(
@@ -215,16 +226,22 @@ def _collect(job: tuple[str, int, int, int, str | None]) -> dict[str, np.ndarray
                 obs, info = env.reset(seed=int(rng.integers(2**31)))
                 policy.reset(info)
                 done, lifting = False, -1
+                seen: list[tuple[np.ndarray, np.ndarray, int]] = []  # (image, state, lifts done)
                 while not done:
                     if lifting == 0:
-                        image, state = policy.prepare(obs)
+                        seen.append((*policy.prepare(obs), lift))
                         obs, _, done, _, info = env.step(TERMINATE_HERE)
-                        images.append(image)
-                        states.append(state)
-                        labels.append(bool(info["is_success"]))
+                        for image, state, level in seen:
+                            images.append(image)
+                            states.append(state)
+                            levels.append(level)
+                            grasp_ids.append(worker * 10_000_000 + len(labels))
+                        labels.extend([bool(info["is_success"])] * len(seen))
                         bar.update(1)
                         break
                     if lifting > 0:
+                        if all_levels and lifting < lift:
+                            seen.append((*policy.prepare(obs), lift - lifting))
                         a, lifting = LIFT.copy(), lifting - 1
                     else:
                         a = np.asarray(policy.act(obs, info), dtype=np.float32).copy()
@@ -239,6 +256,8 @@ def _collect(job: tuple[str, int, int, int, str | None]) -> dict[str, np.ndarray
         "images": np.stack(images),
         "states": np.stack(states).astype(np.float32),
         "labels": np.array(labels),
+        "levels": np.array(levels, np.int16),
+        "grasps": np.array(grasp_ids, np.int64),
     }
 
 
@@ -256,8 +275,8 @@ def save_check_data(path: Path, data: Mapping[str, np.ndarray], attrs: Mapping[s
             compression="gzip",
             compression_opts=4,
         )
-        f.create_dataset("states", data=data["states"])
-        f.create_dataset("labels", data=data["labels"])
+        for key in ("states", "labels", "levels", "grasps"):
+            f.create_dataset(key, data=data[key])
         for k, v in attrs.items():
             f.attrs[k] = v
     os.replace(tmp, path)
@@ -276,13 +295,13 @@ def load_check_data(path: Path, expect: Mapping[str, Any]) -> dict[str, np.ndarr
         with h5py.File(path, "r") as f:
             if any(f.attrs.get(k) != v for k, v in expect.items()):
                 return None
-            data = {k: f[k][()] for k in ("images", "states", "labels")}
+            data = {k: f[k][()] for k in ("images", "states", "labels", "levels", "grasps")}
     except (OSError, KeyError) as err:
         raise ValueError(
             f"{path} is not a readable grasp-check dataset ({err}); delete it to collect again"
         ) from None
     n = len(data["labels"])
-    if data["images"].ndim != 4 or len(data["images"]) != n or data["states"].shape != (n, 2):
+    if data["images"].ndim != 4 or any(len(data[k]) != n for k in data) or data["states"].shape != (n, 2):
         raise ValueError(f"{path} has inconsistent shapes; delete it to collect again")
     return data
 
@@ -316,10 +335,14 @@ def fit_check(
     seed: int = 0,
     generator: str | None = None,
     threshold: float = 0.6,
+    all_levels: bool = False,
+    early_threshold: float = 0.0,
 ) -> dict[str, Any]:
     """Collect ``grasps`` lifted grasps with the agent (``jobs`` processes), fit the check and write
     ``check.safetensors``, ``check_data.h5`` and ``check.json`` beside the agent file. Returns the summary.
-    A rerun with the same settings reuses the collected grasps (a kill loses at most the collection)."""
+    A rerun with the same settings reuses the collected grasps (a kill loses at most the collection).
+    ``all_levels``: also learn from the states after each lift step before the last (same label), so the
+    check can judge early (``CheckConfig.early_threshold``, stored as ``early_threshold``)."""
     from rcan.qtopt.agent import load_network, resolve_agent_path
 
     if grasps < 10 or lift < 0 or epochs < 1 or jobs < 1:
@@ -328,11 +351,19 @@ def fit_check(
     out = agent_file.parent
     net, _ = load_network(agent_file)  # the critic: the check's start (and a clear error for a bad file)
     t0 = time.time()
-    expect = {"agent_mtime": agent_file.stat().st_mtime_ns, "lift": lift, "grasps": grasps, "seed": seed}
+    expect = {
+        "agent_mtime": agent_file.stat().st_mtime_ns,
+        "lift": lift,
+        "grasps": grasps,
+        "seed": seed,
+        "all_levels": int(all_levels),
+    }
+    if early_threshold > 0 and not all_levels:
+        raise ValueError("an early threshold needs a check fitted on every lift level (all_levels)")
     data = load_check_data(out / CHECK_DATA_FILE, expect)
     if data is None:
         per = [grasps // jobs + (w < grasps % jobs) for w in range(jobs)]
-        args = [(str(agent_file), lift, n, seed * 1000 + w, generator) for w, n in enumerate(per)]
+        args = [(str(agent_file), lift, n, seed * 1000 + w, generator, all_levels) for w, n in enumerate(per)]
         if jobs == 1:
             parts = [_collect(args[0])]
         else:
@@ -345,8 +376,12 @@ def fit_check(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     n = len(data["labels"])
-    idx = np.random.default_rng(seed).permutation(n)
-    val, train = idx[: max(1, n // 5)], idx[max(1, n // 5) :]
+    ids = np.unique(data["grasps"])
+    held_out = np.random.default_rng(seed).permutation(ids)[: max(1, len(ids) // 5)]  # by grasp: no leaks
+    in_val = np.isin(data["grasps"], held_out)
+    train = np.flatnonzero(~in_val)
+    val_all = np.flatnonzero(in_val)
+    val = val_all[data["levels"][val_all] == lift]  # judged where the final check looks
     images = torch.from_numpy(data["images"])
     states = torch.from_numpy(data["states"]).float()
     labels = torch.from_numpy(data["labels"].astype(np.float32))
@@ -385,12 +420,19 @@ def fit_check(
             best = (history[-1]["val_auc"], {k: v.clone() for k, v in net.state_dict().items()})
     net.load_state_dict(best[1])
     s = scores(val)
-    config = CheckConfig(lift=lift, threshold=threshold)
+    config = CheckConfig(lift=lift, threshold=threshold, early_threshold=early_threshold)
+    all_scores, y_all = scores(val_all), data["labels"][val_all].astype(bool)
+    by_level = {
+        str(k): auc(all_scores[data["levels"][val_all] == k], y_all[data["levels"][val_all] == k])
+        for k in np.unique(data["levels"])
+    }
+    n = len(ids)
     summary = {
         "agent": str(agent_file),
         "grasps": n,
-        "success_if_terminated": float(data["labels"].mean()),
+        "success_if_terminated": float(data["labels"][data["levels"] == lift].mean()),
         "val_auc": best[0],
+        "val_auc_by_lift_step": by_level,
         "failures_caught": float((s[~y_val] < threshold).mean()) if (~y_val).any() else float("nan"),
         "successes_reopened": float((s[y_val] < threshold).mean()) if y_val.any() else float("nan"),
         "collect_minutes": collect_s / 60,

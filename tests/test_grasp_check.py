@@ -105,6 +105,21 @@ def test_no_room_to_lift_passes_the_agents_terminate_through() -> None:
     assert p.checks == []
 
 
+def test_a_late_reopening_leaves_the_last_closing_unchecked() -> None:
+    # lift 1: checks at steps 5, 10, 15; with 18 steps the third comes with 4 left (< min_steps_left 5)
+    cfg = CheckConfig(lift=1, max_steps=18, late_threshold=0.2)
+    p = CheckedPolicy(ClosesAtThird(), Constant(0.1), cfg)
+    acts = _run(p)
+    assert [i for i, a in enumerate(acts) if np.array_equal(a, REOPEN)] == [4, 9, 14]
+    assert len(acts) == 18 and len(p.checks) == 3
+    np.testing.assert_array_equal(acts[-1], CLOSE_AND_END)  # the last closing ends the attempt as is
+    for check, config in ((0.1, CheckConfig(lift=1, max_steps=18)), (0.5, cfg)):  # off / not plainly empty
+        acts = _run(CheckedPolicy(ClosesAtThird(), Constant(check), config))
+        assert len(acts) == 15 and np.array_equal(acts[-1], TERMINATE_HERE)
+    with pytest.raises(ValueError):
+        CheckConfig(late_min_steps_left=1)
+
+
 def test_check_config_and_auc_checks() -> None:
     with pytest.raises(ValueError):
         CheckConfig(threshold=1.5)
@@ -172,11 +187,15 @@ def test_train_agent_fits_the_check_after_training_but_not_after_finetuning(tmp_
     from rcan.qtopt.train import train
 
     run = tmp_path / "run"
-    s = train(make_args("tiny", out=str(run), collectors=0, check_grasps=10, check_lift=1, check_threshold=0.4))
+    s = train(
+        make_args("tiny", out=str(run), collectors=0, check_grasps=10, check_lift=1, check_threshold=0.4)
+    )
     assert s["finished"] and s["check"]["grasps"] == 10 and (run / "check.safetensors").is_file()
     assert load_check(run / "check.safetensors")[1] == CheckConfig(lift=1, threshold=0.4)
     ft = tmp_path / "ft"
-    s = train(make_args("tiny", out=str(ft), collectors=0, check_grasps=10, finetune_from=str(run), real_episodes=2))
+    s = train(
+        make_args("tiny", out=str(ft), collectors=0, check_grasps=10, finetune_from=str(run), real_episodes=2)
+    )
     assert "check" not in s and not (ft / "check.safetensors").exists()
     with pytest.raises(ValueError, match="check_grasps"):
         make_args("tiny", check_grasps=3)
@@ -189,9 +208,15 @@ def test_an_early_check_reopens_after_the_first_lift_step() -> None:
     acts = _run(p)
     np.testing.assert_array_equal(acts[3], LIFT)  # one step up, then judged: plainly empty
     np.testing.assert_array_equal(acts[4], REOPEN)
-    held = CheckedPolicy(ClosesAtThird(), Constant(0.5), CheckConfig(lift=3, early_threshold=0.2, threshold=0.4))
+    held = CheckedPolicy(
+        ClosesAtThird(), Constant(0.5), CheckConfig(lift=3, early_threshold=0.2, threshold=0.4)
+    )
     acts = _run(held)  # above the early threshold: lifted all the way, then ended
-    assert [np.array_equal(a, LIFT) for a in acts[3:6]] == [True] * 3 and acts[6][5] > 0 and len(held.checks) == 3
+    assert (
+        [np.array_equal(a, LIFT) for a in acts[3:6]] == [True] * 3
+        and acts[6][5] > 0
+        and len(held.checks) == 3
+    )
     with pytest.raises(ValueError):
         CheckConfig(early_threshold=-0.1)
 

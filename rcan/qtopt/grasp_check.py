@@ -72,12 +72,23 @@ class CheckConfig:
     """Also check after each lift step before the last, and reopen at once below this estimate (0: off;
     needs a check fitted on every lift level, ``fit_check(all_levels=True)``): a plainly empty grasp
     then costs fewer of the attempt's steps."""
+    late_threshold: float = 0.0
+    """With fewer than ``min_steps_left`` steps left (too few for another checked grasp) but at least
+    ``late_min_steps_left``, still reopen below this estimate; the agent's next closing then ends the
+    attempt unchecked (0: off). A plainly empty grasp fails anyway, so a last unchecked grasp can only
+    add successes; a wrongly rejected good grasp is what it risks."""
+    late_min_steps_left: int = 4
+    """The fewest steps left, the reopening included, for a late reopening (the reopening, then at
+    least a descent and a closing)."""
 
     def __post_init__(self) -> None:
         if self.lift < 0 or self.min_steps_left < 1 or self.max_retries < 0 or self.max_steps < 1:
             raise ValueError(f"bad grasp check settings: {self}")
-        if not (0.0 <= self.threshold <= 1.0 and 0.0 <= self.early_threshold <= 1.0):
-            raise ValueError(f"the check threshold must be in [0, 1], got {self.threshold}")
+        if self.late_min_steps_left < 2:
+            raise ValueError(f"late_min_steps_left must be >= 2 (reopen, then close), got {self}")
+        for name in ("threshold", "early_threshold", "late_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"the check's {name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @torch.no_grad()
@@ -128,7 +139,8 @@ class CheckedPolicy:
                 return LIFT.copy()
             p = check_probability(self.check, *self.policy.prepare(obs))
             self.checks.append(p)
-            if p >= c.threshold or left < c.min_steps_left or self._retries >= c.max_retries:
+            late = c.late_min_steps_left <= left < c.min_steps_left and p < c.late_threshold
+            if p >= c.threshold or self._retries >= c.max_retries or (left < c.min_steps_left and not late):
                 self._phase = "end"
                 return TERMINATE_HERE.copy()
             self._phase, self._retries = "act", self._retries + 1

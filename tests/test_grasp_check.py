@@ -221,6 +221,36 @@ def test_an_early_check_reopens_after_the_first_lift_step() -> None:
         CheckConfig(early_threshold=-0.1)
 
 
+def test_an_empty_gripper_reopens_at_once_whatever_the_check_says() -> None:
+    def run(policy: CheckedPolicy, opening: float) -> list[np.ndarray]:
+        policy.reset({})
+        acts = []
+        for _ in range(20):
+            acts.append(policy.act({"gripper_opening": np.array([opening], np.float32)}, {}))
+            if acts[-1][5] > 0:
+                break
+        return acts
+
+    config = CheckConfig(lift=3, empty_opening=0.01, max_retries=1)
+    p = CheckedPolicy(ClosesAtThird(), Constant(0.9), config)  # a check that would accept
+    acts = run(p, 0.002)
+    np.testing.assert_array_equal(acts[3], LIFT)  # the first reading comes after one step up
+    np.testing.assert_array_equal(acts[4], REOPEN)
+    assert p.empty_reopens == 1 and p.checks == []
+    np.testing.assert_array_equal(acts[-1], CLOSE_AND_END)  # no retry left: the agent's own ending
+    held = CheckedPolicy(ClosesAtThird(), Constant(0.9), config)
+    acts = run(held, 0.03)  # fingers apart: lifted all the way, checked, ended
+    assert [np.array_equal(a, LIFT) for a in acts[3:6]] == [True] * 3 and acts[6][5] > 0
+    assert held.empty_reopens == 0 and len(held.checks) == 1
+    off = CheckedPolicy(ClosesAtThird(), Constant(0.9), CheckConfig(lift=3))
+    assert len(run(off, 0.002)) == 7  # the reading off: an observation without it is fine too
+    assert len(_run(CheckedPolicy(ClosesAtThird(), Constant(0.9), CheckConfig(lift=3)))) == 7
+    with pytest.raises(KeyError, match="gripper_opening"):
+        _run(CheckedPolicy(ClosesAtThird(), Constant(0.9), config))
+    with pytest.raises(ValueError, match="empty_opening"):
+        CheckConfig(empty_opening=0.5)
+
+
 def test_fit_check_on_every_lift_level(tmp_path) -> None:
     torch.manual_seed(0)
     run = tmp_path / "agent"

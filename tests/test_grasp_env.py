@@ -35,8 +35,35 @@ def test_make_and_check_env():
     assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
     assert obs["gripper_closed"] in (0, 1)
     assert obs["gripper_height"].shape == (1,)
+    assert obs["gripper_opening"].shape == (1,)
     assert {"tool", "yaw"} <= set(info)
     env.close()
+
+
+def test_the_gripper_opening_reads_open_empty_and_held():
+    """The position encoder's reading: the full gap when open, ~0 once closed on nothing, an object's width
+    when it holds one (what the grasp check's ``empty_opening`` relies on)."""
+    e = GraspEnv()
+    try:
+        obs, _ = e.reset(seed=3)
+        assert obs["gripper_opening"][0] == pytest.approx(e.cell.gripper.geometry.max_opening, abs=1e-3)
+        stay_closed = np.array([0, 0, 0, 0, 1, -1], np.float32)  # closes high above the tray: on nothing
+        for _ in range(3):
+            obs, *_ = e.step(stay_closed)
+        assert obs["gripper_opening"][0] < 0.005
+        lift = np.array([0, 0, 1, 0, 1, -1], np.float32)
+        for seed in range(21, 41):  # aimed scripted grasps until one holds an object two steps up
+            _, _, a = _run_to_closing(e, seed)
+            obs, *_ = e.step(np.append(a[:5], -1.0).astype(np.float32))
+            for _ in range(2):
+                obs, _, _, _, info = e.step(lift)
+            if info["holding"] and e.cell.object_min_z().max() > 0.05:
+                assert obs["gripper_opening"][0] > 0.01
+                break
+        else:
+            pytest.fail("no aimed grasp held an object")
+    finally:
+        e.close()
 
 
 def test_seeded_determinism():

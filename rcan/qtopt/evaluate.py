@@ -136,6 +136,7 @@ def evaluate_policy(
             row = {"success": success, "steps": steps, "grasps": grasps, **close}
             if hasattr(policy, "checks"):  # a CheckedPolicy: its success estimates at each check
                 row["checks"] = [round(float(p), 4) for p in policy.checks]
+                row["empty_reopens"] = int(getattr(policy, "empty_reopens", 0))
             per_attempt.append(row)
             if closing:
                 closings.append({**closing, "success": success, "attempt": i})

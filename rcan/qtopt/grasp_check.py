@@ -82,12 +82,21 @@ class CheckConfig:
     late_min_steps_left: int = 4
     """The fewest steps left, the reopening included, for a late reopening (the reopening, then at
     least a descent and a closing)."""
+    empty_opening: float = 0.0
+    """Read the gripper's opening (``obs["gripper_opening"]``, its position encoder) after each lift step:
+    below this gap (m) nothing is between the fingers, the grasp has certainly failed, and the gripper
+    reopens at once, whatever the check says and while at least ``late_min_steps_left`` steps remain (0:
+    off). Why: an empty grasp then costs fewer of the attempt's steps, and the check can no longer accept
+    one. After the closing step itself the fingers are still closing, so the first reading is after one
+    lift step."""
 
     def __post_init__(self) -> None:
         if self.lift < 0 or self.min_steps_left < 1 or self.max_retries < 0 or self.max_steps < 1:
             raise ValueError(f"bad grasp check settings: {self}")
         if self.late_min_steps_left < 2:
             raise ValueError(f"late_min_steps_left must be >= 2 (reopen, then close), got {self}")
+        if not 0.0 <= self.empty_opening < 0.1:
+            raise ValueError(f"the check's empty_opening is a gap in metres in [0, 0.1), got {self.empty_opening}")
         for name in ("threshold", "early_threshold", "late_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"the check's {name} must be in [0, 1], got {getattr(self, name)}")
@@ -110,6 +119,8 @@ class CheckedPolicy:
         self.policy, self.check, self.config = policy, check.eval(), config or CheckConfig()
         self.checks: list[float] = []
         """This attempt's check estimates, in order (a retry follows each one below the threshold)."""
+        self.empty_reopens = 0
+        """This attempt's reopenings on an empty gripper (``CheckConfig.empty_opening``)."""
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
 
     def __getattr__(self, name: str) -> Any:
@@ -119,7 +130,7 @@ class CheckedPolicy:
 
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
         self.policy.reset(info)
-        self.checks = []
+        self.checks, self.empty_reopens = [], 0
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -129,6 +140,10 @@ class CheckedPolicy:
     def _act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None) -> np.ndarray:
         c, left = self.config, self.config.max_steps - (self._step - 1)  # steps left, this one included
         if self._phase == "lift":
+            lifted = self._lift_left < c.lift
+            if lifted and self._empty(obs) and left >= c.late_min_steps_left and self._retries < c.max_retries:
+                self._phase, self._retries, self.empty_reopens = "act", self._retries + 1, self.empty_reopens + 1
+                return REOPEN.copy()
             if self._lift_left > 0:
                 early = c.early_threshold > 0 and self._lift_left < c.lift  # lifted at least once
                 if early and left >= c.min_steps_left and self._retries < c.max_retries:
@@ -154,6 +169,14 @@ class CheckedPolicy:
             a[5] = -1.0  # close, but do not end the attempt before the check
             self._phase, self._lift_left = "lift", c.lift
         return a
+
+    def _empty(self, obs: Mapping[str, Any]) -> bool:
+        """Whether the encoder says the closed fingers hold nothing (always False with the reading off)."""
+        if self.config.empty_opening <= 0:
+            return False
+        if "gripper_opening" not in obs:
+            raise KeyError("empty_opening needs obs['gripper_opening'] (the gripper's opening, m)")
+        return float(np.asarray(obs["gripper_opening"]).reshape(-1)[0]) < self.config.empty_opening
 
 
 def check_path(agent_path: str | os.PathLike[str]) -> Path:

@@ -8,7 +8,9 @@ held above ``success_height`` (object's lowest point, metres above the tray bott
 
 Observation (dict): ``image`` uint8 HxWx3 from a fixed over-the-shoulder camera in the env's visual
 domain (``camera``: a name from ``rcan.sim.renderer.CAMERAS``, ``wide`` by default, or a ``CameraConfig``);
-``gripper_closed`` 0/1; ``gripper_height`` (1,) float32, fingertips above the tray bottom (m).
+``gripper_closed`` 0/1; ``gripper_height`` (1,) float32, fingertips above the tray bottom (m);
+``gripper_opening`` (1,) float32, the gap between the fingers (m), as a real gripper's position encoder
+reports it (proprioception, not privileged; the learned critic does not take it, the grasp check can).
 
 Action: Box(-1, 1, (6,)) = (dx, dy, dz, dyaw, gripper, terminate); displacements scale to
 ``max_translation`` metres and ``max_rotation`` radians per step; gripper > 0 closes, <= 0 opens;
@@ -148,6 +150,7 @@ class GraspEnv(gym.Env):
                 "image": spaces.Box(0, 255, (s, s, 3), dtype=np.uint8),
                 "gripper_closed": spaces.Discrete(2),
                 "gripper_height": spaces.Box(-0.05, 1.0, (1,), dtype=np.float32),
+                "gripper_opening": spaces.Box(0.0, self.cell.gripper.geometry.max_opening, (1,), dtype=np.float32),
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (6,), dtype=np.float32)
@@ -524,7 +527,8 @@ class GraspEnv(gym.Env):
             image = np.zeros(self.observation_space["image"].shape, dtype=np.uint8)
         height = np.array([g.tool_position()[2]], dtype=np.float32)
         height = np.clip(height, -0.05, 1.0)
-        return {"image": image, "gripper_closed": int(g.closed), "gripper_height": height}
+        opening = np.array([g.opening()], dtype=np.float32)
+        return {"image": image, "gripper_closed": int(g.closed), "gripper_height": height, "gripper_opening": opening}
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

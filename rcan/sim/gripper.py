@@ -106,6 +106,12 @@ class Gripper:
     def finger_positions(self) -> tuple[float, float]:
         return tuple(self.client.getJointState(self.body, j)[0] for j in (0, 1))  # type: ignore[return-value]
 
+    def opening(self) -> float:
+        """The gap between the fingers (m): what a parallel gripper's position encoder reports (0 when closed
+        on nothing, the object's width when closed on one; ``max_opening`` when open)."""
+        g = self.geometry
+        return float(np.clip(g.max_opening - sum(self.finger_positions()), 0.0, g.max_opening))
+
     @property
     def target_tool(self) -> np.ndarray:
         return self._target_pos - np.array([0.0, 0.0, self.geometry.tip_below_palm])

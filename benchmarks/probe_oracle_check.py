@@ -10,6 +10,9 @@ grasps that would succeed. Everything else is ``rcan evaluate``'s protocol with 
 ``benchmarks/eval_object_sets.py`` result. Privileged; a probe, never a product path.
 
     .venv/bin/python benchmarks/probe_oracle_check.py [RUN] [--sets 5] [--out RUN/oracle-check.json]
+
+Writes the summary and every attempt to OUT, and the checked states (prepared images and states, the
+outcome, the gripper's opening) to OUT with ``.npz``, on which other checks can be scored offline.
 """
 
 from __future__ import annotations
@@ -25,22 +28,29 @@ from torch import nn
 
 import rcan.qtopt.evaluate as evaluate
 from rcan.qtopt.agent import load_agent, resolve_agent_path
-from rcan.qtopt.grasp_check import TERMINATE_HERE, CheckedPolicy, with_check
+from rcan.qtopt.grasp_check import TERMINATE_HERE, CheckedPolicy, auc, check_path, load_check, with_check
 
 
 class OracleCheck(nn.Module):
     """Stands in for the check network: a logit of +-20 from the simulator's own judgement of
-    terminating at the current state (``env`` is set once the protocol has built its environment)."""
+    terminating at the current state (``env`` is set once the protocol has built its environment). Logs,
+    at every check, the agent's own (learned) check estimate, the gripper's opening and the outcome, so one
+    run also measures the learned check on test objects."""
 
-    def __init__(self) -> None:
+    def __init__(self, learned: nn.Module) -> None:
         super().__init__()
         self.env: Any = None
-        self.calls = 0
+        self.learned = learned
+        self.log: list[dict[str, Any]] = []
+        self.states: list[tuple[np.ndarray, np.ndarray]] = []
 
     def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         rewards, _ = self.env.try_grasps(TERMINATE_HERE[None])
-        self.calls += 1
-        return torch.full((len(images),), 20.0 if rewards[0] > 0 else -20.0)
+        success = bool(rewards[0] > 0)
+        p = float(torch.sigmoid(self.learned(images, states, actions))[0])
+        self.states.append((images[0].numpy().copy(), states[0].numpy().copy()))
+        self.log.append({"learned": round(p, 4), "opening": self.env.cell.gripper.opening(), "success": success})
+        return torch.full((len(images),), 20.0 if success else -20.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     path = resolve_agent_path(a.run)
-    oracle = OracleCheck()
+    oracle = OracleCheck(load_check(check_path(path))[0])
     make_env = evaluate.make_eval_env
 
     def make_and_bind(*args: Any, **kwargs: Any) -> Any:
@@ -94,9 +104,24 @@ def main(argv: list[str] | None = None) -> int:
             (not x["success"]) and bool(x["checks"]) and x["checks"][-1] < 0.5 for x in rows
         ),
         "failed_without_a_check": sum((not x["success"]) and not x["checks"] for x in rows),
+        "checks": len(oracle.log),
+        "checks_success": sum(c["success"] for c in oracle.log),
+        "learned_auc": auc(
+            np.array([c["learned"] for c in oracle.log]), np.array([c["success"] for c in oracle.log])
+        ),
     }
+    if not np.isfinite(summary["learned_auc"]):
+        summary["learned_auc"] = None  # no failed (or no successful) check: undefined
     out = a.out or path.parent / "oracle-check.json"
-    out.write_text(json.dumps({"summary": summary, "per_attempt": rows}) + "\n")
+    out.write_text(json.dumps({"summary": summary, "per_attempt": rows, "checks": oracle.log}) + "\n")
+    if oracle.states:  # the checked states themselves, to score other checks on them offline
+        np.savez_compressed(
+            out.with_suffix(".npz"),
+            images=np.stack([im for im, _ in oracle.states]),
+            states=np.stack([st for _, st in oracle.states]),
+            success=np.array([c["success"] for c in oracle.log]),
+            opening=np.array([c["opening"] for c in oracle.log], np.float32),
+        )
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from rcan.qtopt.agent import save_agent
+from rcan.qtopt.agent import save_agent, shifted_views
 from rcan.qtopt.cem import CEMConfig
 from rcan.qtopt.evaluate import run_evaluation
 from rcan.qtopt.grasp_check import (
@@ -21,6 +21,7 @@ from rcan.qtopt.grasp_check import (
     CheckedPolicy,
     auc,
     check_path,
+    check_probability,
     fit_check,
     load_check,
     save_check,
@@ -260,3 +261,20 @@ def test_fit_check_on_every_lift_level(tmp_path) -> None:
     s = fit_check(run, grasps=10, lift=2, epochs=1, jobs=1, all_levels=True, early_threshold=0.3)
     assert s["grasps"] == 10 and set(s["val_auc_by_lift_step"]) == {"1", "2"}
     assert load_check(run / "check.safetensors")[1].early_threshold == 0.3
+
+
+def test_the_check_averages_its_logit_over_shifted_views() -> None:
+    torch.manual_seed(0)
+    net = QNetwork(SMALL).eval()
+    image = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    state = np.array([1.0, 0.12], np.float32)
+    one = check_probability(net, image, state)
+    five = check_probability(net, image, state, views=5)
+    with torch.no_grad():
+        views = shifted_views(torch.from_numpy(image)[None], 5)
+        states = torch.from_numpy(state)[None].expand(5, -1)
+        logits = net(views, states, torch.from_numpy(TERMINATE_HERE)[None].expand(5, -1))
+    assert one == pytest.approx(float(torch.sigmoid(logits[0])), abs=1e-6)
+    assert five == pytest.approx(float(torch.sigmoid(logits.mean())), abs=1e-6)
+    with pytest.raises(ValueError, match="view_shifts"):
+        CheckConfig(views=0)

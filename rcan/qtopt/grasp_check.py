@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from rcan.common.atomic import fsync_dir, write_json_atomic
 from rcan.common.checkpoint import load_safetensors, load_weights_strict, save_safetensors_atomic
+from rcan.qtopt.agent import check_view_shifts, shifted_views
 from rcan.qtopt.network import QNetConfig, QNetwork
 
 CHECK_FILE = "check.safetensors"
@@ -82,6 +83,8 @@ class CheckConfig:
     late_min_steps_left: int = 4
     """The fewest steps left, the reopening included, for a late reopening (the reopening, then at
     least a descent and a closing)."""
+    views: int = 1
+    """Average the check's logit over this many shifted copies of the image (1: the image alone)."""
     empty_opening: float = 0.0
     """Read the gripper's opening (``obs["gripper_opening"]``, its position encoder) after each lift step:
     below this gap (m) nothing is between the fingers, the grasp has certainly failed, and the gripper
@@ -93,6 +96,7 @@ class CheckConfig:
     def __post_init__(self) -> None:
         if self.lift < 0 or self.min_steps_left < 1 or self.max_retries < 0 or self.max_steps < 1:
             raise ValueError(f"bad grasp check settings: {self}")
+        check_view_shifts(self.views)
         if self.late_min_steps_left < 2:
             raise ValueError(f"late_min_steps_left must be >= 2 (reopen, then close), got {self}")
         if not 0.0 <= self.empty_opening < 0.1:
@@ -103,12 +107,14 @@ class CheckConfig:
 
 
 @torch.no_grad()
-def check_probability(check: QNetwork, image: np.ndarray, state: np.ndarray) -> float:
-    """The check's estimate that terminating now succeeds, for one prepared state (image (C, H, W) uint8)."""
-    logit = check(
-        torch.from_numpy(image)[None], torch.from_numpy(state)[None], torch.from_numpy(TERMINATE_HERE)[None]
-    )
-    return float(torch.sigmoid(logit[0]))
+def check_probability(check: QNetwork, image: np.ndarray, state: np.ndarray, views: int = 1) -> float:
+    """The check's estimate that terminating now succeeds, for one prepared state (image (C, H, W) uint8):
+    the sigmoid of its mean logit over ``views`` shifted copies of the image (``rcan.qtopt.agent``'s
+    ``VIEW_SHIFTS``, as the critic averages when it acts)."""
+    images = shifted_views(torch.from_numpy(image)[None], views)
+    states = torch.from_numpy(state)[None].expand(views, -1)
+    logits = check(images, states, torch.from_numpy(TERMINATE_HERE)[None].expand(views, -1))
+    return float(torch.sigmoid(logits.mean()))
 
 
 class CheckedPolicy:
@@ -147,14 +153,14 @@ class CheckedPolicy:
             if self._lift_left > 0:
                 early = c.early_threshold > 0 and self._lift_left < c.lift  # lifted at least once
                 if early and left >= c.min_steps_left and self._retries < c.max_retries:
-                    p = check_probability(self.check, *self.policy.prepare(obs))
+                    p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
                     self.checks.append(p)
                     if p < c.early_threshold:
                         self._phase, self._retries = "act", self._retries + 1
                         return REOPEN.copy()
                 self._lift_left -= 1
                 return LIFT.copy()
-            p = check_probability(self.check, *self.policy.prepare(obs))
+            p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
             self.checks.append(p)
             room = left >= c.min_steps_left or (left >= c.late_min_steps_left and p < c.late_threshold)
             if p >= c.threshold or self._retries >= c.max_retries or not room:

@@ -18,6 +18,7 @@ outcome, the gripper's opening) to OUT with ``.npz``, on which other checks can 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "agent": str(path),
         "check": "oracle (simulator's counterfactual judgement at the lifted state)",
-        "config": policy.config.__dict__,
+        "config": dataclasses.asdict(policy.config),
         "successes": k,
         "attempts": n,
         "success_rate": k / n,

@@ -18,8 +18,8 @@ start). Its data are lifted grasps the agent itself makes in simulation on *trai
 training domain, labelled by the simulator's success: the check sees exactly what the agent sees. Measured
 on the shipped agent over five object sets (benchmarks/RESULTS.md, 2026-12-05): 73.1% acting as trained,
 87.5% with its fitted check (3 steps up, threshold 0.6), 88.4-89.0% with a privileged one (a finger
-touching an object), 88.2% with one that is never wrong (``benchmarks/probe_oracle_check.py``); the critic as trained judges lifted states poorly (it rarely saw them), hence the
-fitted copy.
+touching an object), 88.2% with one that is never wrong (``benchmarks/probe_oracle_check.py``); the
+critic as trained judges lifted states poorly (it rarely saw them), hence the fitted copy.
 """
 
 from __future__ import annotations
@@ -148,12 +148,12 @@ class CheckedPolicy:
     def _act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None) -> np.ndarray:
         c, left = self.config, self.config.max_steps - (self._step - 1)  # steps left, this one included
         if self._phase == "lift":
-            lifted = self._lift_left < c.lift
+            lifted = self._lift_left < c.lift  # at least one step up: the encoder and early checks may judge
             if lifted and self._empty(obs) and left >= c.late_min_steps_left and self._retries < c.max_retries:
                 self._phase, self._retries, self.empty_reopens = "act", self._retries + 1, self.empty_reopens + 1
                 return REOPEN.copy()
             if self._lift_left > 0:
-                early = c.early_threshold > 0 and self._lift_left < c.lift  # lifted at least once
+                early = c.early_threshold > 0 and lifted
                 if early and left >= c.min_steps_left and self._retries < c.max_retries:
                     p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
                     self.checks.append(p)

@@ -366,6 +366,50 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
         make_args("tiny", gripper_yaw=True, wall_yaw_weight=-1.0)
 
 
+def test_retry_practice_rehearses_the_checked_regrasp(tmp_path) -> None:
+    """With ``retry_practice_prob`` an on-policy episode's closing is judged first (a one-step terminal
+    counterfactual of the agent's own action); a failing one is executed as the grasp check's rejection
+    (close without ending, 3 lift steps, reopen one step down) and the agent acts again, at most 3 times
+    and only with room left; a closing that would hold ends the episode as the agent chose."""
+    from rcan.qtopt.args import collector_config
+    from rcan.qtopt.collectors import EpisodeRunner, RetryPractice
+    from rcan.qtopt.grasp_check import LIFT, REOPEN
+
+    args = make_args("tiny", out=str(tmp_path / "run"), collectors=0, retry_practice_prob=1.0, noise_std=0.0, seed=3)
+    runner = EpisodeRunner(collector_config(args), seed=3)
+    runner.version = 0  # as if weights had arrived
+    close_high = np.array([0, 0, 0, 0, 1, 1], np.float32)  # close and end at once, 24 cm above the tray
+    runner.policy.act_prepared = lambda img, state: (close_high.copy(), 0.0)
+    try:
+        ep = runner.run_episode("policy")
+        assert not ep.success and ep.length == 16  # three practised rejections of 5 steps, then the 4th ends it
+        assert list(ep.branch_steps) == [0, 5, 10]
+        for t, action, reward, _ in ep.branch_transitions():
+            assert np.array_equal(action, close_high) and np.isclose(reward, -0.05)
+            assert ep.actions[t, 5] == -1.0 and ep.actions[t, 4] == 1.0  # closed without ending
+            assert np.array_equal(ep.actions[t + 1 : t + 4], np.tile(LIFT, (3, 1)))
+            assert np.array_equal(ep.actions[t + 4], REOPEN)
+        assert np.array_equal(ep.actions[15], close_high)
+        assert runner.run_episode("eval").branches == 0  # greedy test episodes never practise
+    finally:
+        runner.close()
+
+    class Holds:  # a closing that would hold is not intercepted
+        max_steps = 20
+
+        def try_grasps(self, actions):
+            return np.array([0.95], np.float32), np.zeros((1, 4), np.float32)
+
+    practice = RetryPractice(collector_config(args), Holds())
+    a, judged = practice.intercept(close_high, 0)
+    assert judged is None and np.array_equal(a, close_high) and not practice.lifting
+    late = RetryPractice(collector_config(args), Holds())  # no room for a reopening: not even judged
+    late.env = type("Late", (), {"max_steps": 20, "try_grasps": None})()
+    assert late.intercept(close_high, 12)[1] is None
+    with pytest.raises(ValueError, match="retry_practice_prob"):
+        make_args("tiny", retry_practice_prob=1.5)
+
+
 def test_counterfactual_grasps_become_one_step_terminal_transitions(tmp_path) -> None:
     """With ``grasp_branches`` every closing of a scripted or on-policy episode brings that many alternative
     closings from the same state (never in greedy or ``real`` episodes); each enters the replay as a

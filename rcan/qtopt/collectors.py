@@ -169,6 +169,15 @@ class CollectorConfig:
     object_labels: bool = False
     """Record each simulated state image's object pixels (``Episode.object_masks``; ``real`` episodes
     never carry them)."""
+    retry_practice_prob: float = 0.0
+    """Share of on-policy episodes that practise ``CheckedPolicy``'s regrasp with a never-wrong check
+    (``TrainArgs.retry_practice_prob``)."""
+    retry_lift: int = 3
+    """4 cm steps a practised grasp rises before it reopens (``CheckConfig.lift``)."""
+    retry_min_steps_left: int = 5
+    """Steps that must remain at the reopening, itself included (``CheckConfig.min_steps_left``)."""
+    retry_max: int = 3
+    """Practised reopenings per episode at most (``CheckConfig.max_retries``)."""
 
 
 class Collector(Protocol):
@@ -292,6 +301,51 @@ def _stack_branches(branches: list[tuple[int, np.ndarray, np.ndarray, np.ndarray
     }
 
 
+class RetryPractice:
+    """One on-policy episode's regrasp practice with a never-wrong check (simulation only, beyond the paper).
+
+    Why: at test time ``CheckedPolicy`` lifts each grasp, checks it and, when it holds nothing, reopens
+    one step lower and hands the attempt back to the agent; an attempt then succeeds only if that second
+    closing holds. The agents were never trained on such states (an empty grasp lifted, reopened above
+    objects it may have pushed), and measured on the shipped agent's checked attempts, a closing after a
+    rejected one held 59% of the time against 73-75% for a first closing. Here, when the agent closes and
+    terminates with room for a retry, ``GraspEnv.try_grasps`` judges that closing first; the outcome is
+    stored as a one-step terminal transition (a counterfactual grasp of the agent's own action), and if
+    it fails the episode goes on as ``CheckedPolicy`` would after a rejection: close without ending, rise
+    ``retry_lift`` steps, reopen one step down, and the agent acts again. Every executed step is an
+    ordinary transition, so the critic learns the retry states' values from their real outcomes."""
+
+    def __init__(self, config: CollectorConfig, env: Any) -> None:
+        self.config, self.env = config, env
+        self.lift_left, self.retries, self.lifting = 0, 0, False
+
+    def intercept(self, a: np.ndarray, step: int) -> tuple[np.ndarray, tuple | None]:
+        """The action to execute instead of the agent's ``a`` at 0-based ``step``, and the judged
+        counterfactual ``(actions (1, 6), rewards (1,), fingers (1, 4))`` when there was one."""
+        c = self.config
+        left_at_reopen = self.env.max_steps - step - 1 - c.retry_lift  # steps left, the reopening included
+        if a[4] <= 0 or a[5] <= 0 or self.retries >= c.retry_max or left_at_reopen < c.retry_min_steps_left:
+            return a, None
+        closing = np.asarray(a, np.float32)[None].copy()
+        rewards, fingers = self.env.try_grasps(closing)
+        if rewards[0] > 0:  # it holds: end the attempt with the agent's own action
+            return a, None
+        self.retries, self.lift_left, self.lifting = self.retries + 1, c.retry_lift, True
+        practised = np.asarray(a, np.float32).copy()
+        practised[5] = -1.0  # close, but do not end the attempt
+        return practised, (closing, rewards, fingers)
+
+    def next_move(self) -> np.ndarray:
+        """The next step of a rejected grasp: rise while lift steps remain, then reopen one step down."""
+        from rcan.qtopt.grasp_check import LIFT, REOPEN  # lazily: grasp_check imports the agent module
+
+        if self.lift_left > 0:
+            self.lift_left -= 1
+            return LIFT.copy()
+        self.lifting = False
+        return REOPEN.copy()
+
+
 # -- the collector process ---------------------------------------------------------------------------
 def _worker(index: int, config: CollectorConfig, seed: int, weights_q: Any, out_q: Any, stop: Any) -> None:
     try:
@@ -405,6 +459,7 @@ class EpisodeRunner:
         centres: list[np.ndarray] = []
         branches: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         branching = kind in ("scripted", "policy") and self.config.grasp_branches > 0
+        practice = RetryPractice(self.config, env) if kind == "policy" and self._practises() else None
         close_h = close_d = math.nan
         done, success = False, False
         while not done:
@@ -417,6 +472,9 @@ class EpisodeRunner:
             if kind == "scripted":
                 raw.append(obs["image"])
                 a = self.scripted.act(obs, info)
+            elif practice is not None and practice.lifting:
+                imgs.append(self.policy.prepare(obs)[0])
+                a = practice.next_move()
             else:
                 img, _ = self.policy.prepare(obs)
                 imgs.append(img)
@@ -425,6 +483,10 @@ class EpisodeRunner:
                     a = a.copy()
                     a[:4] += self.rng.normal(0.0, self.config.noise_std, 4).astype(np.float32)
                     a = np.clip(a, -1.0, 1.0)
+                if practice is not None:
+                    a, judged = practice.intercept(a, len(states))
+                    if judged is not None:
+                        branches.append((len(states), *judged))
             if starts_a_grasp(state[0], a[4]):  # the last such closing is the grasp lifted
                 close_h = float(state[1])
                 close_d = env.closing_distance(a)
@@ -465,6 +527,10 @@ class EpisodeRunner:
             wall_yaw_signs=np.asarray(walls, np.float32),
             **_stack_branches(branches),
         )
+
+    def _practises(self) -> bool:
+        """Whether this on-policy episode practises regrasping (``CollectorConfig.retry_practice_prob``)."""
+        return self.config.retry_practice_prob > 0 and bool(self.rng.random() < self.config.retry_practice_prob)
 
     def branch_actions(self, a: np.ndarray, info: Mapping[str, Any], max_translation: float) -> np.ndarray:
         """The ``grasp_branches`` alternatives to a closing action: dx, dy moved by ``branch_std`` noise or,

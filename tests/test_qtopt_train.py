@@ -394,18 +394,24 @@ def test_retry_practice_rehearses_the_checked_regrasp(tmp_path) -> None:
     finally:
         runner.close()
 
-    class Holds:  # a closing that would hold is not intercepted
+    class Judge:  # a stand-in env whose closings all hold, or all fail; it counts what it judged
         max_steps = 20
 
-        def try_grasps(self, actions):
-            return np.array([0.95], np.float32), np.zeros((1, 4), np.float32)
+        def __init__(self, reward: float) -> None:
+            self.reward, self.judged = reward, 0
 
-    practice = RetryPractice(collector_config(args), Holds())
-    a, judged = practice.intercept(close_high, 0)
-    assert judged is None and np.array_equal(a, close_high) and not practice.lifting
-    late = RetryPractice(collector_config(args), Holds())  # no room for a reopening: not even judged
-    late.env = type("Late", (), {"max_steps": 20, "try_grasps": None})()
-    assert late.intercept(close_high, 12)[1] is None
+        def try_grasps(self, actions):
+            self.judged += len(actions)
+            return np.array([self.reward], np.float32), np.zeros((1, 4), np.float32)
+
+    holds = RetryPractice(collector_config(args), Judge(0.95))  # a closing that holds is executed as chosen
+    a, judged = holds.intercept(close_high, 0)
+    assert judged is None and np.array_equal(a, close_high) and not holds.lifting and holds.env.judged == 1
+    fails = RetryPractice(collector_config(args), Judge(-0.05))
+    a, judged = fails.intercept(close_high, 12)  # 4 steps left at the reopening (< 5): not even judged
+    assert judged is None and np.array_equal(a, close_high) and fails.env.judged == 0
+    a, judged = fails.intercept(close_high, 11)  # 5 left: judged, rejected, practised
+    assert judged is not None and a[5] == -1.0 and fails.lifting and fails.env.judged == 1
     with pytest.raises(ValueError, match="retry_practice_prob"):
         make_args("tiny", retry_practice_prob=1.5)
 

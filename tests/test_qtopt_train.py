@@ -404,10 +404,10 @@ def test_retry_practice_rehearses_the_checked_regrasp(tmp_path) -> None:
             self.judged += len(actions)
             return np.array([self.reward], np.float32), np.zeros((1, 4), np.float32)
 
-    holds = RetryPractice(collector_config(args), Judge(0.95))  # a closing that holds is executed as chosen
+    holds = RetryPractice(Judge(0.95))  # a closing that holds is executed as chosen
     a, judged = holds.intercept(close_high, 0)
     assert judged is None and np.array_equal(a, close_high) and not holds.lifting and holds.env.judged == 1
-    fails = RetryPractice(collector_config(args), Judge(-0.05))
+    fails = RetryPractice(Judge(-0.05))
     a, judged = fails.intercept(close_high, 12)  # 4 steps left at the reopening (< 5): not even judged
     assert judged is None and np.array_equal(a, close_high) and fails.env.judged == 0
     a, judged = fails.intercept(close_high, 11)  # 5 left: judged, rejected, practised

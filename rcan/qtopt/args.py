@@ -562,9 +562,6 @@ def target_cem(args: TrainArgs) -> CEMConfig:
 
 def collector_config(a: TrainArgs) -> CollectorConfig:
     """What each collector process needs to build its env and policy."""
-    from rcan.qtopt.grasp_check import CheckConfig  # the procedure ``retry_practice_prob`` rehearses
-
-    check = CheckConfig()
     return CollectorConfig(
         input_mode=a.input,
         image_size=a.image_size,
@@ -588,9 +585,6 @@ def collector_config(a: TrainArgs) -> CollectorConfig:
         real_domain=a.real_domain,
         object_labels=a.object_aux_weight > 0,
         retry_practice_prob=a.retry_practice_prob,
-        retry_lift=check.lift,
-        retry_min_steps_left=check.min_steps_left,
-        retry_max=check.max_retries,
     )
 
 

@@ -172,12 +172,6 @@ class CollectorConfig:
     retry_practice_prob: float = 0.0
     """Share of on-policy episodes that practise ``CheckedPolicy``'s regrasp with a never-wrong check
     (``TrainArgs.retry_practice_prob``)."""
-    retry_lift: int = 3
-    """4 cm steps a practised grasp rises before it reopens (``CheckConfig.lift``)."""
-    retry_min_steps_left: int = 5
-    """Steps that must remain at the reopening, itself included (``CheckConfig.min_steps_left``)."""
-    retry_max: int = 3
-    """Practised reopenings per episode at most (``CheckConfig.max_retries``)."""
 
 
 class Collector(Protocol):
@@ -311,41 +305,44 @@ class RetryPractice:
     rejected one held 59% of the time against 73-75% for a first closing. Here, when the agent closes and
     terminates with room for a retry, ``GraspEnv.try_grasps`` judges that closing first; the outcome is
     stored as a one-step terminal transition (a counterfactual grasp of the agent's own action), and if
-    it fails the episode goes on as ``CheckedPolicy`` would after a rejection: close without ending, rise
-    ``retry_lift`` steps, reopen one step down, and the agent acts again. Every executed step is an
+    it fails the episode goes on as ``CheckedPolicy`` would after a rejection with the default
+    ``CheckConfig`` (its ``lift``, ``min_steps_left`` and ``max_retries``): close without ending, rise,
+    reopen one step down, and the agent acts again. Every executed step is an
     ordinary transition, so the critic learns the retry states' values from their real outcomes.
     Measured (seed 0, default preset): retries after a rejection held 66% against 63.5%, but first
     closings got worse, 86.5% in all with the check (benchmarks/RESULTS.md, 2026-12-05); off by default."""
 
-    def __init__(self, config: CollectorConfig, env: Any) -> None:
-        self.config, self.env = config, env
+    def __init__(self, env: Any) -> None:
+        # lazily, as EpisodeRunner imports the agent: collectors' own import stays light
+        from rcan.qtopt.grasp_check import LIFT, REOPEN, CheckConfig
+
+        self.env, self.check, self.moves = env, CheckConfig(), (LIFT, REOPEN)
         self.lift_left, self.retries, self.lifting = 0, 0, False
 
     def intercept(self, a: np.ndarray, step: int) -> tuple[np.ndarray, tuple | None]:
         """The action to execute instead of the agent's ``a`` at 0-based ``step``, and the judged
         counterfactual ``(actions (1, 6), rewards (1,), fingers (1, 4))`` when there was one."""
-        c = self.config
-        left_at_reopen = self.env.max_steps - step - 1 - c.retry_lift  # steps left, the reopening included
-        if a[4] <= 0 or a[5] <= 0 or self.retries >= c.retry_max or left_at_reopen < c.retry_min_steps_left:
+        c = self.check
+        left_at_reopen = self.env.max_steps - step - 1 - c.lift  # steps left, the reopening included
+        if a[4] <= 0 or a[5] <= 0 or self.retries >= c.max_retries or left_at_reopen < c.min_steps_left:
             return a, None
         closing = np.asarray(a, np.float32)[None].copy()
         rewards, fingers = self.env.try_grasps(closing)
         if rewards[0] > 0:  # it holds: end the attempt with the agent's own action
             return a, None
-        self.retries, self.lift_left, self.lifting = self.retries + 1, c.retry_lift, True
+        self.retries, self.lift_left, self.lifting = self.retries + 1, c.lift, True
         practised = np.asarray(a, np.float32).copy()
         practised[5] = -1.0  # close, but do not end the attempt
         return practised, (closing, rewards, fingers)
 
     def next_move(self) -> np.ndarray:
         """The next step of a rejected grasp: rise while lift steps remain, then reopen one step down."""
-        from rcan.qtopt.grasp_check import LIFT, REOPEN  # lazily: grasp_check imports the agent module
-
+        lift, reopen = self.moves
         if self.lift_left > 0:
             self.lift_left -= 1
-            return LIFT.copy()
+            return lift.copy()
         self.lifting = False
-        return REOPEN.copy()
+        return reopen.copy()
 
 
 # -- the collector process ---------------------------------------------------------------------------
@@ -461,7 +458,7 @@ class EpisodeRunner:
         centres: list[np.ndarray] = []
         branches: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         branching = kind in ("scripted", "policy") and self.config.grasp_branches > 0
-        practice = RetryPractice(self.config, env) if kind == "policy" and self._practises() else None
+        practice = RetryPractice(env) if kind == "policy" and self._practises() else None
         close_h = close_d = math.nan
         done, success = False, False
         while not done:

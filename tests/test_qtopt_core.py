@@ -647,6 +647,42 @@ def test_mixed_sample_fractions_and_fallbacks() -> None:
     assert (b["actions"][:, 0] == 0.9).all()
 
 
+def test_outcome_sampling_draws_last_steps_and_survives_a_round_trip() -> None:
+    """``outcomes`` puts that share of a batch on episodes' last steps (exactly the slots whose target is
+    the outcome), keeps the rest uniform, still ends episodes correctly after the ring wraps, and
+    falls back to uniform for a buffer saved before last steps were recorded."""
+    from rcan.qtopt.replay import mixed_sample
+
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(30, (3, 4, 4), n_step=3)
+    lengths = (9, 7, 8, 9, 6)  # the ring wraps at the fourth episode
+    for tag, t in enumerate(lengths, start=1):
+        buf.add_episode(_episode(rng, t, tag))
+    live = np.flatnonzero(buf.valid[: buf.filled])
+    step = buf.images[live, 0, 0, 0].astype(int)
+    last_of = {tag: t - 1 for tag, t in enumerate(lengths, start=1)}
+    is_last = step == np.array([last_of[int(tag)] for tag in buf.images[live, 1, 0, 0]])
+    np.testing.assert_array_equal(buf.ends[live], is_last)  # ends flag exactly the valid last steps
+
+    def last_share(batch: dict[str, np.ndarray]) -> float:
+        tags, steps = batch["images"][:, 1, 0, 0].astype(int), batch["images"][:, 0, 0, 0].astype(int)
+        return float(np.mean(steps == np.array([last_of[int(t)] for t in tags])))
+
+    uniform = last_share(buf.sample(4000, rng))
+    assert abs(uniform - is_last.mean()) < 0.03
+    mixed = buf.sample(4000, rng, outcomes=0.5)
+    assert abs(last_share(mixed) - (0.5 + 0.5 * is_last.mean())) < 0.03
+    assert np.all(mixed["discounts"][:2000] == 0) and np.allclose(mixed["returns"][:2000], 0.95)
+    assert last_share(buf.sample(64, rng, outcomes=1.0)) == 1.0
+    b = mixed_sample({"policy": buf, "scripted": buf}, 40, (("policy", 0.5), ("scripted", 1.0)), rng, outcomes=1.0)
+    assert last_share(b) == 1.0 and len(b["images"]) == 40
+    assert ReplayBuffer.from_arrays(buf.to_arrays()).equals(buf)
+    old = {k: v for k, v in buf.to_arrays().items() if k != "ends"}  # a file from before `ends`
+    restored = ReplayBuffer.from_arrays(old)
+    assert not restored.ends.any()
+    assert abs(last_share(restored.sample(4000, rng, outcomes=1.0)) - is_last.mean()) < 0.03
+
+
 def test_keypoints_follow_the_bright_spot() -> None:
     """A keypoint whose heat is one map cell sits at that cell's coordinates."""
     net = QNetwork(QNetConfig(keypoints=1))

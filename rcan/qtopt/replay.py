@@ -152,6 +152,7 @@ class ReplayBuffer:
         self.wall_yaw_signs = np.full(capacity, np.nan, np.float32)
         self.offsets = np.zeros(capacity, np.int16)
         self.valid = np.zeros(capacity, bool)
+        self.ends = np.zeros(capacity, bool)  # an episode's last step: the one whose reward is the outcome
         # Object masks (bit-packed, 1/24 of an RGB image) only in buffers that keep them.
         self.object_masks = np.zeros((capacity, h, (w + 7) // 8), np.uint8) if object_masks else None
         self.mask_known = np.zeros(capacity, bool) if object_masks else None
@@ -204,20 +205,29 @@ class ReplayBuffer:
             if known:
                 self.object_masks[s] = np.asarray(ep.object_masks, np.uint8).reshape(self.object_masks[s].shape)
         self.valid[s] = True
+        self.ends[s] = False
+        self.ends[self.pos + t_len - 1] = True
         self.pos += t_len
         self.filled = max(self.filled, self.pos)
         self.episodes += 1
         self.steps += t_len
 
-    def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """A uniform batch: images, states, actions, returns, discounts, mc_returns, tool_pixels,
+    def sample(self, batch: int, rng: np.random.Generator, outcomes: float = 0.0) -> dict[str, np.ndarray]:
+        """A uniform batch (with ``outcomes`` > 0: that share of it drawn uniformly from episodes' last
+        steps, the closings whose target is the observed outcome, while the buffer holds any): images, states, actions, returns, discounts, mc_returns, tool_pixels,
         tool_pixels_after, tool_yaws, finger_pixels, object_pixels, wall_yaw_signs, next_images, next_states (for a transition without bootstrap, the
         next fields repeat the state; its discount is 0); from a buffer that keeps object masks, also
         object_masks (B, H, W) uint8 0/1 and mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
         if len(idx) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        i = idx[rng.integers(len(idx), size=batch)]
+        n_end = int(round(outcomes * batch))
+        ends = np.flatnonzero(self.valid[: self.filled] & self.ends[: self.filled]) if n_end else idx[:0]
+        if len(ends) == 0:
+            n_end = 0
+        i = idx[rng.integers(len(idx), size=batch - n_end)]
+        if n_end:
+            i = np.concatenate([ends[rng.integers(len(ends), size=n_end)], i])
         j = i + self.offsets[i]
         out = {
             "images": self.images[i],
@@ -265,6 +275,7 @@ class ReplayBuffer:
             f"{prefix}wall_yaw_signs": self.wall_yaw_signs[:n],
             f"{prefix}offsets": self.offsets[:n],
             f"{prefix}valid": self.valid[:n],
+            f"{prefix}ends": self.ends[:n],
         } | masks
 
     @classmethod
@@ -285,6 +296,8 @@ class ReplayBuffer:
                 buf.mc_returns[:n] = arrays[f"{prefix}mc_returns"]
             else:  # written before version 0.3: no Monte-Carlo returns; 0 is no floor (targets are >= 0)
                 buf.mc_returns[:n] = 0.0
+            if f"{prefix}ends" in arrays:  # (older files: unknown, so ``outcomes`` sampling stays uniform)
+                buf.ends[:n] = arrays[f"{prefix}ends"]
             labels = ("tool_pixels", "tool_pixels_after", "tool_yaws", "finger_pixels", "object_pixels", "wall_yaw_signs")
             for name in labels:  # (older files: unknown, NaN, no auxiliary loss)
                 if f"{prefix}{name}" in arrays:
@@ -341,9 +354,10 @@ Mix = tuple[tuple[str, float], ...]
 
 
 def mixed_sample(
-    buffers: Mapping[str, ReplayBuffer], batch: int, mix: Mix, rng: np.random.Generator
+    buffers: Mapping[str, ReplayBuffer], batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0
 ) -> dict[str, np.ndarray]:
-    """A batch mixed from named buffers. Every buffer of ``mix`` but the last gives ``round(fraction *
+    """A batch mixed from named buffers (each part with ``outcomes`` of it from episodes' last steps, see
+    :meth:`ReplayBuffer.sample`). Every buffer of ``mix`` but the last gives ``round(fraction *
     batch)`` rows once it holds a whole batch (none before); the last gives the rest, or, while it is empty,
     the first non-empty buffer of the mix does. QT-Opt's mix is ``(("policy", 0.5), ("scripted", 1))``:
     half on-policy, half scripted exploration; joint finetuning mixes ``real`` and simulated ``policy``."""
@@ -352,13 +366,13 @@ def mixed_sample(
     for name, fraction in firsts:
         n = min(left, int(round(fraction * batch))) if len(buffers[name]) >= batch else 0
         if n:
-            parts.append(buffers[name].sample(n, rng))
+            parts.append(buffers[name].sample(n, rng, outcomes))
             left -= n
     if left:
         src = buffers[last]
         if not len(src):
             src = next((buffers[name] for name, _ in mix if len(buffers[name])), src)
-        parts.append(src.sample(left, rng))
+        parts.append(src.sample(left, rng, outcomes))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -372,7 +386,7 @@ class ReplaySource(Protocol):
     def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         """Append a finished episode to buffer ``kind`` (rewards already offset)."""
 
-    def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0) -> dict[str, np.ndarray]:
         """A training batch (:func:`mixed_sample`'s fields, or without ``next_*`` and with ``next_values``)."""
 
     def sizes(self) -> dict[str, int]:
@@ -401,8 +415,8 @@ class LocalReplay:
     def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         self._buffers[kind].add_episode(ep)
 
-    def sample(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return mixed_sample(self._buffers, batch, mix, rng)
+    def sample(self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0) -> dict[str, np.ndarray]:
+        return mixed_sample(self._buffers, batch, mix, rng, outcomes)
 
     def sizes(self) -> dict[str, int]:
         return {k: len(b) for k, b in self._buffers.items()}

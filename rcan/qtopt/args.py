@@ -272,7 +272,7 @@ class TrainArgs:
     held 59% of the time against 73-75% for a first closing. Never in ``real`` episodes. Measured with 1
     (seed 0, default preset, 2026-12-05): 86.5% over five object sets with its check (retries after a
     rejection 66% against 63.5%, but 67.3% closing once against 73.1%: the practice takes env steps from
-    first closings); not adopted."""
+    first closings); with 0.3: 81.2% (66.1% closing once, 55.5% after a rejection); not adopted."""
     eval_prob: float = 0.1
     """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
     noise_std: float = 0.3

@@ -626,3 +626,21 @@ def test_counterfactual_grasps_succeed_on_objects_and_fail_beside_them():
         env.close()
     assert len(near) >= 4 and len(far) >= 10, (len(near), len(far))
     assert np.mean(near) > 0.5 and np.mean(far) < np.mean(near) - 0.3, (np.mean(near), np.mean(far))
+
+
+@pytest.mark.parametrize("camera", ["wide", "tray"])
+def test_the_mirror_image_of_a_state_is_the_flipped_frame(camera: str) -> None:
+    """What ``TrainArgs.mirror_prob`` relies on: a world point mirrored in x projects to the same image row
+    and the negated image x, and a move of +dx shows in the image as the mirror of a move of -dx."""
+    env = GraspEnv(camera=camera)
+    env.reset(seed=3)
+    points = np.array([[0.1, 0.05, 0.02], [-0.15, -0.1, 0.0], [0.03, 0.12, 0.1]])
+    np.testing.assert_allclose(env.project(points * [-1, 1, 1]), env.project(points) * [-1, 1], atol=1e-9)
+    start = env.tool_pixel()
+    moves = []
+    for dx in (0.5, -0.5):
+        env.reset(seed=3)
+        env.step(np.array([dx, 0.2, -0.3, 0.0, -1.0, -1.0], np.float32))
+        moves.append(env.tool_pixel() - start)
+    np.testing.assert_allclose(moves[1], moves[0] * [-1, 1], atol=0.01)
+    env.close()

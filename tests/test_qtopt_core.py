@@ -683,6 +683,49 @@ def test_outcome_sampling_draws_last_steps_and_survives_a_round_trip() -> None:
     assert abs(last_share(restored.sample(4000, rng, outcomes=1.0)) - is_last.mean()) < 0.03
 
 
+def test_mirror_rows_mirrors_images_actions_and_labels() -> None:
+    """A mirrored row is the x -> -x image of its transition: both images flipped left-right, dx and dyaw
+    negated (dy, dz, gripper, terminate kept), pixel labels' x and yaws negated, masks flipped; other rows
+    and fields untouched, NaN labels stay NaN, and mirroring twice gives the batch back."""
+    from rcan.qtopt.replay import mirror_rows
+
+    rng = np.random.default_rng(0)
+    b = 4
+    batch = {
+        "images": rng.integers(0, 255, (b, 3, 6, 6), dtype=np.uint8),
+        "next_images": rng.integers(0, 255, (b, 3, 6, 6), dtype=np.uint8),
+        "object_masks": rng.integers(0, 2, (b, 6, 6), dtype=np.uint8),
+        "states": rng.normal(size=(b, 2)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (b, 6)).astype(np.float32),
+        "returns": rng.normal(size=b).astype(np.float32),
+        "tool_pixels": rng.uniform(-1, 1, (b, 2)).astype(np.float32),
+        "tool_pixels_after": np.r_[rng.uniform(-1, 1, (b - 1, 2)), [[np.nan, np.nan]]].astype(np.float32),
+        "finger_pixels": rng.uniform(-1, 1, (b, 4)).astype(np.float32),
+        "object_pixels": rng.uniform(-1, 1, (b, 8, 2)).astype(np.float32),
+        "tool_yaws": rng.uniform(-3, 3, b).astype(np.float32),
+        "wall_yaw_signs": np.array([1, -1, 1, -1], np.float32),
+    }
+    before = {k: v.copy() for k, v in batch.items()}
+    rows = np.array([True, False, True, True])
+    out = mirror_rows(batch, rows)
+    for key in ("images", "next_images", "object_masks"):
+        np.testing.assert_array_equal(out[key][rows], before[key][rows][..., ::-1])
+    sign = np.array([-1, 1, 1, -1, 1, 1], np.float32)
+    np.testing.assert_array_equal(out["actions"][rows], before["actions"][rows] * sign)
+    np.testing.assert_array_equal(out["tool_pixels"][rows], before["tool_pixels"][rows] * [-1, 1])
+    np.testing.assert_array_equal(out["finger_pixels"][rows], before["finger_pixels"][rows] * [-1, 1, -1, 1])
+    np.testing.assert_array_equal(out["object_pixels"][rows], before["object_pixels"][rows] * [-1, 1])
+    np.testing.assert_array_equal(out["tool_yaws"][rows], -before["tool_yaws"][rows])
+    assert np.isnan(out["tool_pixels_after"][3]).all()
+    for key in ("states", "returns", "wall_yaw_signs"):
+        np.testing.assert_array_equal(out[key], before[key])
+    for key, value in out.items():
+        np.testing.assert_array_equal(value[~rows], before[key][~rows])
+    again = mirror_rows(out, rows)
+    for key, value in again.items():
+        np.testing.assert_array_equal(value, before[key])
+
+
 def test_keypoints_follow_the_bright_spot() -> None:
     """A keypoint whose heat is one map cell sits at that cell's coordinates."""
     net = QNetwork(QNetConfig(keypoints=1))

@@ -328,6 +328,8 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
         object_offset_weight=1.0,
         wall_yaw_weight=1.0,
         scripted_aim_prob=1.0,
+        outcome_fraction=0.5,  # and batches weighted to closings, half of them mirrored: every label mirrors
+        mirror_prob=0.5,
         seed=4,
     )
     t = Trainer(args)
@@ -354,6 +356,10 @@ def test_target_readout_trains_with_aimed_exploration(tmp_path) -> None:
     assert agent.network.config.wall_yaw
     with pytest.raises(ValueError, match="scripted_aim_prob"):
         Trainer(make_args("tiny", out=str(tmp_path / "bad"), collectors=0, scripted_aim_prob=2.0))
+    with pytest.raises(ValueError, match="mirror_prob must be in"):
+        make_args("tiny", mirror_prob=1.5)
+    with pytest.raises(ValueError, match="outcome_fraction must be in"):
+        make_args("tiny", outcome_fraction=-0.1)
     with pytest.raises(ValueError, match="gripper_yaw needs target_readout"):
         make_args("tiny", target_readout=False, gripper_yaw=True)
     with pytest.raises(ValueError, match="finger_readout needs gripper_yaw"):

@@ -282,8 +282,8 @@ class ReplayActor:
     def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         self.buffers[kind].add_episode(ep)
 
-    def sample(self, batch: int, mix: Mix, seed: int, outcomes: float = 0.0) -> dict[str, np.ndarray]:
-        return mixed_sample(self.buffers, batch, mix, np.random.default_rng(seed), outcomes)
+    def sample(self, batch: int, mix: Mix, seed: int, outcomes: float = 0.0, mirror: float = 0.0) -> dict[str, np.ndarray]:
+        return mixed_sample(self.buffers, batch, mix, np.random.default_rng(seed), outcomes, mirror)
 
     def sizes(self) -> dict[str, int]:
         return {k: len(b) for k, b in self.buffers.items()}
@@ -398,7 +398,9 @@ class RayReplay:
             actor.set_targets.remote(ref, int(version))
         self._synced, self._has_targets = int(version), True
 
-    def sample(self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0) -> dict[str, np.ndarray]:
+    def sample(
+        self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0, mirror: float = 0.0
+    ) -> dict[str, np.ndarray]:
         if not self._has_targets:
             raise RuntimeError(
                 "RayReplay.sample before sync_targets: the Bellman actors have no target networks"
@@ -408,7 +410,7 @@ class RayReplay:
             seeds = rng.integers(2**62, size=2)
             actor = self._bellman[self._next_actor % len(self._bellman)]
             self._next_actor += 1
-            drawn = self._replay.sample.remote(batch, mix, int(seeds[0]), outcomes)
+            drawn = self._replay.sample.remote(batch, mix, int(seeds[0]), outcomes, mirror)
             self._inflight.append(actor.targets.remote(drawn, int(seeds[1])))
         if len(self._adds) > 256:
             self._check_adds()

@@ -353,11 +353,41 @@ Mix = tuple[tuple[str, float], ...]
 """Which buffers a batch comes from: ``((name, fraction), ...)``; see :func:`mixed_sample`."""
 
 
+def mirror_rows(batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The mirror image (x -> -x) of the transitions at ``rows`` (bool (B,)), in place: images and next
+    images flipped left-right, the actions' dx and dyaw negated, the pixel labels' x and the gripper yaws
+    negated (the wall-parallel yaw, 0 or 90 degrees, is its own mirror), object masks flipped.
+
+    Why it is a transition of a cell: the cameras sit in the plane x = 0 and look along -y (the image's x
+    axis is the world's -x: a world point mirrored in x projects exactly to the flipped pixel), actions
+    are world-frame moves, and the parallel gripper is its own mirror at the negated yaw. What does not
+    mirror: the arm then reaches in from the right and the canonical light's shadows fall the other way;
+    the critic must ignore both, which a closing's judgement, read where the gripper is, can."""
+    if not rows.any():
+        return batch
+    for key in ("images", "next_images", "object_masks"):
+        if key in batch:
+            batch[key][rows] = batch[key][rows][..., ::-1]
+    batch["actions"][rows, 0] *= -1.0
+    batch["actions"][rows, 3] *= -1.0
+    for key in ("tool_pixels", "tool_pixels_after", "object_pixels"):
+        batch[key][rows, ..., 0] *= -1.0
+    batch["finger_pixels"][rows, 0] *= -1.0
+    batch["finger_pixels"][rows, 2] *= -1.0
+    batch["tool_yaws"][rows] *= -1.0
+    return batch
+
+
 def mixed_sample(
-    buffers: Mapping[str, ReplayBuffer], batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0
+    buffers: Mapping[str, ReplayBuffer],
+    batch: int,
+    mix: Mix,
+    rng: np.random.Generator,
+    outcomes: float = 0.0,
+    mirror: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """A batch mixed from named buffers (each part with ``outcomes`` of it from episodes' last steps, see
-    :meth:`ReplayBuffer.sample`). Every buffer of ``mix`` but the last gives ``round(fraction *
+    :meth:`ReplayBuffer.sample`; each row mirrored with probability ``mirror``, see :func:`mirror_rows`). Every buffer of ``mix`` but the last gives ``round(fraction *
     batch)`` rows once it holds a whole batch (none before); the last gives the rest, or, while it is empty,
     the first non-empty buffer of the mix does. QT-Opt's mix is ``(("policy", 0.5), ("scripted", 1))``:
     half on-policy, half scripted exploration; joint finetuning mixes ``real`` and simulated ``policy``."""
@@ -373,7 +403,10 @@ def mixed_sample(
         if not len(src):
             src = next((buffers[name] for name, _ in mix if len(buffers[name])), src)
         parts.append(src.sample(left, rng, outcomes))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if mirror > 0:
+        out = mirror_rows(out, rng.random(batch) < mirror)
+    return out
 
 
 class ReplaySource(Protocol):
@@ -386,7 +419,9 @@ class ReplaySource(Protocol):
     def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         """Append a finished episode to buffer ``kind`` (rewards already offset)."""
 
-    def sample(self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0) -> dict[str, np.ndarray]:
+    def sample(
+        self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0, mirror: float = 0.0
+    ) -> dict[str, np.ndarray]:
         """A training batch (:func:`mixed_sample`'s fields, or without ``next_*`` and with ``next_values``)."""
 
     def sizes(self) -> dict[str, int]:
@@ -415,8 +450,10 @@ class LocalReplay:
     def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         self._buffers[kind].add_episode(ep)
 
-    def sample(self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0) -> dict[str, np.ndarray]:
-        return mixed_sample(self._buffers, batch, mix, rng, outcomes)
+    def sample(
+        self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0, mirror: float = 0.0
+    ) -> dict[str, np.ndarray]:
+        return mixed_sample(self._buffers, batch, mix, rng, outcomes, mirror)
 
     def sizes(self) -> dict[str, int]:
         return {k: len(b) for k, b in self._buffers.items()}

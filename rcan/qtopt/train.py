@@ -255,7 +255,8 @@ class Trainer:
         return (("policy", self.args.online_fraction), ("scripted", 1.0))
 
     def sample(self) -> dict[str, torch.Tensor]:
-        batch = self.replay.sample(self.args.batch_size, self.batch_mix(), self.rng, self.args.outcome_fraction)
+        a = self.args
+        batch = self.replay.sample(a.batch_size, self.batch_mix(), self.rng, a.outcome_fraction, a.mirror_prob)
         return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def ready(self) -> bool:

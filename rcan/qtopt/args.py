@@ -216,8 +216,10 @@ class TrainArgs:
     closing, or the step that ran out of time), whose target is the observed outcome itself; the rest is
     uniform, as in QT-Opt (0: uniform, where last steps are ~1 in 9). Why: a closing's outcome depends on
     where it closes to ~1 cm (benchmarks/RESULTS.md), and the critic's Q is too flat there to tell a grasp
-    that holds from a near miss; more of each batch on those labels sharpens that judgement, at the cost
-    of the bootstrapped steps of the approach."""
+    that holds from a near miss; more of each batch on those labels might sharpen that judgement, at the
+    cost of the bootstrapped steps of the approach. Measured with 0.25 (seed 0, default preset,
+    2026-12-05): 83.1% over five object sets with its check, 65.1% closing once (the default seeds:
+    84.7-90.0% and 68.8-74.9%); not adopted."""
     mirror_prob: float = 0.0
     """Beyond the paper: the share of each batch's transitions replaced by their mirror image (x -> -x:
     images and next images flipped left-right, dx and dyaw negated, the pixel labels and yaws mirrored;

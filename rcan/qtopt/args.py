@@ -451,7 +451,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError(f"collectors must be >= 1 (or 0: in the trainer's process, local), got {args.collectors}")
     if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:
         raise ValueError("online_fraction must be in [0, 1] and scripted_prob + eval_prob <= 1")
-    for name in ("outcome_fraction", "mirror_prob"):
+    shares = ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob", "retry_practice_prob")
+    for name in (*shares, "outcome_fraction", "mirror_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
     if args.mirror_prob > 0:
@@ -459,10 +460,10 @@ def _validated(args: TrainArgs) -> TrainArgs:
 
         cam = camera_config(args.camera)
         if cam.eye[0] != 0 or cam.target[0] != 0 or cam.up[0] != 0:
-            raise ValueError(f"mirror_prob needs a camera in the plane x = 0 (a mirror image of its frames is a frame); {args.camera!r} is not")
-    for name in ("scripted_aim_prob", "scripted_retry_prob", "scripted_wall_yaw_prob", "retry_practice_prob"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(args, name)}")
+            raise ValueError(
+                f"mirror_prob needs a camera in the plane x = 0 (so that a mirrored frame is a frame); "
+                f"{args.camera!r} is not"
+            )
     from rcan.qtopt.agent import check_rerank, check_view_shifts
 
     check_view_shifts(args.view_shifts)

@@ -282,7 +282,9 @@ class ReplayActor:
     def add_episode(self, kind: str, ep: EpisodeSteps) -> None:
         self.buffers[kind].add_episode(ep)
 
-    def sample(self, batch: int, mix: Mix, seed: int, outcomes: float = 0.0, mirror: float = 0.0) -> dict[str, np.ndarray]:
+    def sample(
+        self, batch: int, mix: Mix, seed: int, outcomes: float = 0.0, mirror: float = 0.0
+    ) -> dict[str, np.ndarray]:
         return mixed_sample(self.buffers, batch, mix, np.random.default_rng(seed), outcomes, mirror)
 
     def sizes(self) -> dict[str, int]:

@@ -214,15 +214,16 @@ class ReplayBuffer:
 
     def sample(self, batch: int, rng: np.random.Generator, outcomes: float = 0.0) -> dict[str, np.ndarray]:
         """A uniform batch (with ``outcomes`` > 0: that share of it drawn uniformly from episodes' last
-        steps, the closings whose target is the observed outcome, while the buffer holds any): images, states, actions, returns, discounts, mc_returns, tool_pixels,
-        tool_pixels_after, tool_yaws, finger_pixels, object_pixels, wall_yaw_signs, next_images, next_states (for a transition without bootstrap, the
-        next fields repeat the state; its discount is 0); from a buffer that keeps object masks, also
-        object_masks (B, H, W) uint8 0/1 and mask_known (B,)."""
+        steps, the closings whose target is the observed outcome, while the buffer holds any): images,
+        states, actions, returns, discounts, mc_returns, tool_pixels, tool_pixels_after, tool_yaws,
+        finger_pixels, object_pixels, wall_yaw_signs, next_images, next_states (for a transition without
+        bootstrap, the next fields repeat the state; its discount is 0); from a buffer that keeps object
+        masks, also object_masks (B, H, W) uint8 0/1 and mask_known (B,)."""
         idx = np.flatnonzero(self.valid[: self.filled])
         if len(idx) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         n_end = int(round(outcomes * batch))
-        ends = np.flatnonzero(self.valid[: self.filled] & self.ends[: self.filled]) if n_end else idx[:0]
+        ends = idx[self.ends[idx]] if n_end else idx[:0]
         if len(ends) == 0:
             n_end = 0
         i = idx[rng.integers(len(idx), size=batch - n_end)]
@@ -386,11 +387,12 @@ def mixed_sample(
     outcomes: float = 0.0,
     mirror: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """A batch mixed from named buffers (each part with ``outcomes`` of it from episodes' last steps, see
-    :meth:`ReplayBuffer.sample`; each row mirrored with probability ``mirror``, see :func:`mirror_rows`). Every buffer of ``mix`` but the last gives ``round(fraction *
+    """A batch mixed from named buffers. Every buffer of ``mix`` but the last gives ``round(fraction *
     batch)`` rows once it holds a whole batch (none before); the last gives the rest, or, while it is empty,
     the first non-empty buffer of the mix does. QT-Opt's mix is ``(("policy", 0.5), ("scripted", 1))``:
-    half on-policy, half scripted exploration; joint finetuning mixes ``real`` and simulated ``policy``."""
+    half on-policy, half scripted exploration; joint finetuning mixes ``real`` and simulated ``policy``.
+    Each part has ``outcomes`` of its rows from episodes' last steps (:meth:`ReplayBuffer.sample`); each
+    row is mirrored with probability ``mirror`` (:func:`mirror_rows`)."""
     *firsts, (last, _) = mix
     parts, left = [], batch
     for name, fraction in firsts:

@@ -227,7 +227,9 @@ class TrainArgs:
     closing's judgement is limited by the closings seen, not by capacity (without the random shift the
     dense probe's critic fits its training labels to AUC 0.97 and falls to 0.71 on test objects), and
     the cameras sit in the plane x = 0, so a mirrored state projects exactly to the flipped image (only
-    the arm's side and the light's shadows differ from a real frame)."""
+    the arm's side and the light's shadows differ from a real frame). Measured with 0.5 (seed 0, default
+    preset, 2026-12-06): 84.3% over five object sets with its check, 70.8% closing once (seed 0 without
+    it: 87.5% and 73.1%); not adopted."""
     scripted_prob: float = 0.3
     """Fraction of episodes after ``learning_starts`` run by the scripted policy (none in joint finetuning,
     which learns from on-policy episodes only)."""

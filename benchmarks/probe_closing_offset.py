@@ -5,7 +5,7 @@ for successes and failures, and the success rate when every close-and-terminate 
 fixed (ox, oy) metres (a privileged correction: a diagnostic, not an acting mode). The evaluation
 protocol's test-object sets (seeds 0..sets-1), two processes, one torch thread each.
 
-    .venv/bin/python benchmarks/probe_closing_offset.py AGENT [--ox M] [--oy M] [--sets 5]
+    .venv/bin/python benchmarks/probe_closing_offset.py AGENT [--ox M] [--oy M] [--sets 5] [--objects train]
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ MAX_TRANSLATION = 0.04
 """``GraspEnv.max_translation``: metres per unit of the action's dx, dy."""
 
 
-def run_set(agent: str, seed: int, ox: float, oy: float, attempts: int) -> list[dict[str, Any]]:
+def run_set(
+    agent: str, seed: int, ox: float, oy: float, attempts: int, objects: str = "test"
+) -> list[dict[str, Any]]:
     """One object set: per attempt, success, the last closing's (object centre - closing point) and the
     name of that nearest object."""
     import torch
@@ -31,7 +33,7 @@ def run_set(agent: str, seed: int, ox: float, oy: float, attempts: int) -> list[
     from rcan.qtopt.evaluate import make_eval_env
 
     policy = load_agent(agent, seed=seed)
-    env = make_eval_env("canonical", seed, camera=policy.camera)
+    env = make_eval_env("canonical", seed, camera=policy.camera, objects=objects)
     rng = np.random.default_rng([seed, 6])  # the protocol's reset seeds (evaluate_policy)
     rows = []
     try:
@@ -68,10 +70,12 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=5)
     ap.add_argument("--attempts", type=int, default=102)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--objects", choices=("test", "train"), default="test", help="the object split")
     args = ap.parse_args()
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [
-            pool.submit(run_set, args.agent, s, args.ox, args.oy, args.attempts) for s in range(args.sets)
+            pool.submit(run_set, args.agent, s, args.ox, args.oy, args.attempts, args.objects)
+            for s in range(args.sets)
         ]
         rows = [r for f in futures for r in f.result()]
     closed = [r for r in rows if r["offset"] is not None]
@@ -85,6 +89,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "objects": args.objects,
                 "ox": args.ox,
                 "oy": args.oy,
                 "success_rate": sum(r["success"] for r in rows) / len(rows),

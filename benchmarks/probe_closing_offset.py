@@ -30,15 +30,14 @@ def run_set(
 
     torch.set_num_threads(1)
     from rcan.qtopt.agent import load_agent
-    from rcan.qtopt.evaluate import make_eval_env
+    from rcan.qtopt.evaluate import make_eval_env, reset_seeds
 
     policy = load_agent(agent, seed=seed)
     env = make_eval_env("canonical", seed, camera=policy.camera, objects=objects)
-    rng = np.random.default_rng([seed, 6])  # the protocol's reset seeds (evaluate_policy)
     rows = []
     try:
-        for _ in range(attempts):
-            obs, info = env.reset(seed=int(rng.integers(2**31)))
+        for reset_seed in reset_seeds(seed, attempts):
+            obs, info = env.reset(seed=reset_seed)
             policy.reset(info)
             done, offset, nearest_name = False, None, None
             while not done:

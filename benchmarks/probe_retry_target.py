@@ -23,7 +23,7 @@ import torch
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
 from rcan.qtopt.collectors import starts_a_grasp
-from rcan.qtopt.evaluate import make_eval_env
+from rcan.qtopt.evaluate import make_eval_env, reset_seeds
 from rcan.qtopt.grasp_check import with_check
 
 
@@ -35,11 +35,10 @@ def run_set(agent: str, seed: int, attempts: int) -> list[dict[str, Any]]:
     policy = with_check(load_agent(path, seed=seed), path)
     threshold = policy.config.threshold if hasattr(policy, "config") else 1.0
     env = make_eval_env("canonical", seed, policy.network.config.image_size, camera=policy.camera)
-    rng = np.random.default_rng([seed, 6])  # the protocol's reset seeds (evaluate_policy)
     rows = []
     try:
-        for _ in range(attempts):
-            obs, info = env.reset(seed=int(rng.integers(2**31)))
+        for reset_seed in reset_seeds(seed, attempts):
+            obs, info = env.reset(seed=reset_seed)
             policy.reset(info)
             done, closings = False, []
             while not done:
@@ -73,40 +72,33 @@ def run_set(agent: str, seed: int, attempts: int) -> list[dict[str, Any]]:
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     two = [r for r in rows if r["rejected_first"] and len(r["closings"]) >= 2]
+    same = [r for r in two if r["closings"][1]["object"] == r["closings"][0]["object"]]
+    other = [r for r in two if r["closings"][1]["object"] != r["closings"][0]["object"]]
+    first_ok = [r for r in rows if r["closings"] and r["checks"] and not r["rejected_first"]]
 
     def rate(rs: list[dict[str, Any]]) -> str:
         return f"{sum(r['success'] for r in rs)}/{len(rs)}"
 
-    same = [r for r in two if r["closings"][1]["object"] == r["closings"][0]["object"]]
-    other = [r for r in two if r["closings"][1]["object"] != r["closings"][0]["object"]]
-    moved = [
-        np.linalg.norm(r["closings"][1]["objects"][j] - r["closings"][0]["objects"][j])
-        for r in two
-        for j in [r["closings"][0]["object"]]
-    ]
-    apart = [np.linalg.norm(r["closings"][1]["point"] - r["closings"][0]["point"]) for r in two]
-    first_ok = [r for r in rows if r["closings"] and r["checks"] and not r["rejected_first"]]
+    def cm(stat: Any, metres: list[float]) -> float | None:
+        return round(100 * float(stat(metres)), 2) if metres else None
+
+    def first_object_moved(r: dict[str, Any]) -> float:
+        first, second = r["closings"][:2]
+        j = first["object"]
+        return float(np.linalg.norm(second["objects"][j] - first["objects"][j]))
+
+    apart = [float(np.linalg.norm(r["closings"][1]["point"] - r["closings"][0]["point"])) for r in two]
     return {
         "attempts": len(rows),
         "success": rate(rows),
         "rejected_first_then_closed_again": rate(two),
         "second_closing_same_object": rate(same),
         "second_closing_other_object": rate(other),
-        "first_object_moved_cm_median": round(100 * float(np.median(moved)), 2) if moved else None,
-        "closings_apart_cm_median": round(100 * float(np.median(apart)), 2) if apart else None,
-        "distance_cm_first_rejected": round(
-            100 * float(np.mean([r["closings"][0]["distance"] for r in two])), 2
-        )
-        if two
-        else None,
-        "distance_cm_second": round(100 * float(np.mean([r["closings"][1]["distance"] for r in two])), 2)
-        if two
-        else None,
-        "distance_cm_first_accepted": round(
-            100 * float(np.mean([r["closings"][0]["distance"] for r in first_ok])), 2
-        )
-        if first_ok
-        else None,
+        "first_object_moved_cm_median": cm(np.median, [first_object_moved(r) for r in two]),
+        "closings_apart_cm_median": cm(np.median, apart),
+        "distance_cm_first_rejected": cm(np.mean, [r["closings"][0]["distance"] for r in two]),
+        "distance_cm_second": cm(np.mean, [r["closings"][1]["distance"] for r in two]),
+        "distance_cm_first_accepted": cm(np.mean, [r["closings"][0]["distance"] for r in first_ok]),
     }
 
 

@@ -84,6 +84,13 @@ def make_eval_env(
     return env
 
 
+def reset_seeds(seed: int, attempts: int) -> list[int]:
+    """The reset seed of each of the protocol's ``attempts`` on object set ``seed``: probes that replay the
+    protocol take them from here, so that they see the scenes ``rcan evaluate`` sees."""
+    rng = np.random.default_rng([seed, 6])
+    return [int(rng.integers(2**31)) for _ in range(attempts)]
+
+
 def evaluate_policy(
     policy: Any,
     domain: str,
@@ -102,13 +109,13 @@ def evaluate_policy(
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     env = make_eval_env(domain, seed, image_size, texture_dir, camera, objects)
-    rng = np.random.default_rng([seed, 6])
     per_attempt: list[dict[str, Any]] = []
     frames: list[list[np.ndarray]] = []
     closings: list[dict[str, Any]] = []
     try:
-        for i in tqdm(range(attempts), desc=f"evaluating in {domain}", unit="attempt", leave=False):
-            obs, info = env.reset(seed=int(rng.integers(2**31)))
+        bar = tqdm(reset_seeds(seed, attempts), desc=f"evaluating in {domain}", unit="attempt", leave=False)
+        for i, reset_seed in enumerate(bar):
+            obs, info = env.reset(seed=reset_seed)
             policy.reset(info)
             shots = [obs["image"]]
             done, steps, success = False, 0, False

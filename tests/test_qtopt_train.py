@@ -12,7 +12,7 @@ import torch
 
 from rcan.common.checkpoint import load_safetensors
 from rcan.qtopt import commands
-from rcan.qtopt.agent import load_agent
+from rcan.qtopt.agent import load_agent, load_network
 from rcan.qtopt.args import STATE_FILE, learning_rate, make_args, resolve_args
 from rcan.qtopt.replay import load_replays
 from rcan.qtopt.train import Trainer
@@ -173,6 +173,24 @@ def test_resume_refuses_trajectory_changes(tmp_path) -> None:
         resolve_args(str(run), "default", True, {})
     args = resolve_args(str(run), None, True, {"env_steps": 500, "collectors": 2})
     assert args.env_steps == 500 and args.collectors == 2 and args.resume
+
+
+def test_snapshots_keep_every_checkpoints_agent(tmp_path) -> None:
+    run = tmp_path / "run"
+    trainer = Trainer(make_args("tiny", out=str(run), keep_snapshots=True))
+    trainer.save_checkpoint()
+    trainer.grad_steps = 7
+    with torch.no_grad():
+        next(trainer.net.parameters()).add_(1.0)
+    trainer.save_checkpoint()
+    snaps = sorted((run / "snapshots").glob("agent-*.safetensors"))
+    assert [p.name for p in snaps] == ["agent-0000000.safetensors", "agent-0000007.safetensors"]
+    first, last = (load_network(p)[0].state_dict() for p in snaps)
+    current = load_network(run / "agent.safetensors")[0].state_dict()
+    name = next(iter(current))
+    assert torch.equal(last[name], current[name]) and not torch.equal(first[name], current[name])
+    Trainer(make_args("tiny", out=str(tmp_path / "plain"))).save_checkpoint()
+    assert not (tmp_path / "plain" / "snapshots").exists()
 
 
 def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp_path) -> None:

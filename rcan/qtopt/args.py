@@ -299,6 +299,9 @@ class TrainArgs:
     """Gradient steps between TensorBoard/progress logs."""
     checkpoint_minutes: float = 10.0
     """Minutes between checkpoints (and one at the end, and on Ctrl-C/SIGTERM)."""
+    keep_snapshots: bool = False
+    """Also keep the agent file of every checkpoint, ``RUN/snapshots/agent-<grad steps>.safetensors``
+    (~0.4 MB each), for choosing a checkpoint or acting with several (``rcan evaluate --ensemble``)."""
     threads: int = 1
     """torch threads of the trainer (the collectors use one each)."""
     backend: str = "local"
@@ -401,6 +404,7 @@ RESUMABLE = frozenset(
         "collectors",
         "log_every",
         "checkpoint_minutes",
+        "keep_snapshots",
         "threads",
         "generator",
         "backend",

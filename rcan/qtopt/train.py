@@ -17,6 +17,8 @@ One run directory holds everything:
 * ``progress.jsonl``: one JSON line per log interval (the learning curve without TensorBoard);
 * ``episodes.jsonl``: one JSON line per finished episode (kind, success, length, where it closed);
 * ``agent.safetensors``: the Q-network and its config (what ``load_agent`` reads);
+* ``snapshots/agent-NNNNNNN.safetensors``: with ``keep_snapshots``, the agent file of every checkpoint
+  (named by gradient steps);
 * ``train_state.safetensors``: online and target nets, optimizer, counters, RNG states, recent statistics,
   the name of the replay file that belongs to it;
 * ``replay-NNNNNN.npz``: both replay buffers (plain arrays, no pickle).
@@ -94,6 +96,9 @@ from rcan.qtopt.replay import (
     load_replays,
     save_replays,
 )
+
+SNAPSHOT_DIR = "snapshots"
+"""With ``keep_snapshots``: every checkpoint's agent file, in the run directory."""
 
 
 # -- the trainer -----------------------------------------------------------------------------------------
@@ -420,6 +425,10 @@ class Trainer:
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())
         save_agent(self.run_dir / AGENT_FILE, self.net, self.args.input, acting_cem(self.args), extra)
+        if self.args.keep_snapshots:
+            snap = self.run_dir / SNAPSHOT_DIR / f"agent-{self.grad_steps:07d}.safetensors"
+            snap.parent.mkdir(exist_ok=True)
+            save_agent(snap, self.net, self.args.input, acting_cem(self.args), extra)
         # The state file now names the new replay file: older ones (and leftovers of a kill) can go.
         for p in self.run_dir.glob("replay-*.npz"):
             if p.name != self.replay_file:

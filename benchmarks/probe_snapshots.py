@@ -11,7 +11,7 @@ Two ways to use them without more training time:
 
 Each variant is evaluated over ``--sets`` object sets of 102 attempts by ``eval_object_sets.run_set``, in
 ``RUN/snapshot-evals/<variant>/`` (a copy of the agent file, and of the check with ``--check``). Prints a
-table and writes ``RUN/snapshot-evals/summary.json``.
+table and writes ``RUN/snapshot-evals/summary.json``; variants already in it are not evaluated again.
 
     .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 5 --objects test train
     .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 0 --ensemble 2 3 --check
@@ -94,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     summary_file = a.run / "snapshot-evals" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     for name, agent, extra, info in variants:
-        d = prepare(a.run, name, agent, a.check)
         for objects in a.objects:
-            r = evaluate(d, objects, a.sets, a.jobs, extra)
             key = f"{name}/{objects}"
-            summary[key] = {**info, "objects": objects, "check": a.check, **r}
+            if key in summary and summary[key]["attempts"] == 102 * a.sets:
+                r = summary[key]  # evaluated by an earlier call (a rerun after a kill carries on)
+            else:
+                r = evaluate(prepare(a.run, name, agent, a.check), objects, a.sets, a.jobs, extra)
+                summary[key] = {**info, "objects": objects, "check": a.check, **r}
             lo, hi = r["wilson95"]
             when = f"{info['minutes']:.0f} min" if info.get("minutes") is not None else f"{info['members']} nets"
             print(f"{key:40s} {when:>8s}  {r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}] of {r['attempts']}", flush=True)

@@ -7,7 +7,9 @@ Two ways to use them without more training time:
   them) and keep the best; worth it only if a checkpoint's training-object figure predicts its test one,
   so this evaluates each on both (``--objects test train``);
 * *a snapshot ensemble*: the final agent acting on the mean logit of itself and its K-1 previous
-  snapshots (``rcan evaluate --ensemble``), with the run's grasp check (``--check``) or closing once.
+  snapshots (``rcan evaluate --ensemble``), with the run's grasp check (``--check``) or closing once;
+* *averaged weights* (``--average K``): one network whose weights are the mean of the last K snapshots'
+  (the network has no normalization statistics), acting at one network's cost.
 
 Each variant is evaluated over ``--sets`` object sets of 102 attempts by ``eval_object_sets.run_set``, in
 ``RUN/snapshot-evals/<variant>/`` (a copy of the agent file, and of the check with ``--check``). Prints a
@@ -15,6 +17,7 @@ table and writes ``RUN/snapshot-evals/summary.json``; variants already in it are
 
     .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 5 --objects test train
     .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 0 --ensemble 2 3 --check
+    .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 0 --average 2 3
 """
 
 from __future__ import annotations
@@ -56,6 +59,17 @@ def prepare(run: Path, name: str, agent: Path, check: bool) -> Path:
     return d
 
 
+def average_agent(members: list[Path], out: Path) -> Path:
+    """An agent file whose weights are the mean of ``members``' (metadata of the last one)."""
+    from rcan.common.checkpoint import load_safetensors, save_safetensors_atomic
+    from rcan.qtopt.agent import AGENT_FORMAT
+
+    loaded = [load_safetensors(m, expect_format=AGENT_FORMAT) for m in members]
+    tensors = {k: sum(t[k].double() for t, _ in loaded) / len(loaded) for k in loaded[-1][0]}
+    tensors = {k: v.to(loaded[-1][0][k].dtype) for k, v in tensors.items()}
+    return save_safetensors_atomic(out, tensors, loaded[-1][1])
+
+
 def evaluate(d: Path, objects: str, sets: int, jobs: int, extra: list[str]) -> dict[str, Any]:
     with ThreadPoolExecutor(jobs) as ex:
         results = list(ex.map(lambda s: run_set(d, s, objects, 102, extra), range(sets)))
@@ -68,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--last", type=int, default=5, help="evaluate each of the last N snapshots (0: none)")
     p.add_argument("--objects", nargs="+", choices=("test", "train"), default=["test"])
     p.add_argument("--ensemble", type=int, nargs="*", default=[], help="ensembles of the last K snapshots")
+    p.add_argument("--average", type=int, nargs="*", default=[], help="weights averaged over the last K")
     p.add_argument("--check", action="store_true", help="act with the run's grasp check (default: close once)")
     p.add_argument("--sets", type=int, default=5)
     p.add_argument("--jobs", type=int, default=2)
@@ -77,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{a.run} has no snapshots (train with --set keep_snapshots=true)")
     if a.check and not (a.run / "check.safetensors").is_file():
         p.error(f"{a.run} has no grasp check (rcan train-check --agent {a.run})")
-    if any(k < 2 or k > len(snaps) for k in a.ensemble) or a.last < 0 or a.sets < 1 or a.jobs < 1:
+    if any(k < 2 or k > len(snaps) for k in [*a.ensemble, *a.average]) or a.last < 0 or a.sets < 1 or a.jobs < 1:
         p.error(f"ensembles need 2..{len(snaps)} members; --last, --sets, --jobs must be positive")
     table = snapshot_minutes(a.run)
     tag = "check" if a.check else "once"
@@ -91,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         extra = [arg for m in members[:-1] for arg in ("--ensemble", str(m.resolve()))]
         info = {"members": k, "snapshots": [m.name for m in members]}
         variants.append((f"ensemble{k}-{tag}", members[-1], extra, info))
+    (a.run / "snapshot-evals").mkdir(exist_ok=True)
+    for k in a.average:
+        members = snaps[-k:]
+        averaged = average_agent(members, a.run / "snapshot-evals" / f"average{k}.safetensors")
+        info = {"members": k, "snapshots": [m.name for m in members], "averaged": True}
+        variants.append((f"average{k}-{tag}", averaged, [], info))
     summary_file = a.run / "snapshot-evals" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     for name, agent, extra, info in variants:

@@ -35,6 +35,14 @@ def run_set(run: Path, seed: int, objects: str, attempts: int, extra: list[str])
     return json.loads((out / "result.json").read_text())
 
 
+def evaluate_sets(
+    run: Path, objects: str, sets: int, jobs: int, attempts: int = 102, extra: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """``run_set`` for object sets 0..sets-1, ``jobs`` at a time; their results in set order."""
+    with ThreadPoolExecutor(jobs) as ex:
+        return list(ex.map(lambda s: run_set(run, s, objects, attempts, extra or []), range(sets)))
+
+
 def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum the sets' attempts, successes, failure kinds and yaw counts."""
     k = sum(r["successes"] for r in results)
@@ -76,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     extra += ["--rerank", str(a.rerank)] if a.rerank is not None else []
     for member in a.ensemble:
         extra += ["--ensemble", member]
-    with ThreadPoolExecutor(a.jobs) as ex:
-        results = list(ex.map(lambda s: run_set(a.run, s, a.objects, a.attempts, extra), range(a.sets)))
+    results = evaluate_sets(a.run, a.objects, a.sets, a.jobs, a.attempts, extra)
     summary = {"run": str(a.run), "objects": a.objects, "cem": a.cem, "view_shifts": a.view_shifts, "rerank": a.rerank}
     summary["ensemble"] = a.ensemble
     summary.update(pool(results))

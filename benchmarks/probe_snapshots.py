@@ -11,7 +11,7 @@ Two ways to use them without more training time:
 * *averaged weights* (``--average K``): one network whose weights are the mean of the last K snapshots'
   (the network has no normalization statistics), acting at one network's cost.
 
-Each variant is evaluated over ``--sets`` object sets of 102 attempts by ``eval_object_sets.run_set``, in
+Each variant is evaluated over ``--sets`` object sets of 102 attempts by ``eval_object_sets.evaluate_sets``, in
 ``RUN/snapshot-evals/<variant>/`` (a copy of the agent file, and of the check with ``--check``). Prints a
 table and writes ``RUN/snapshot-evals/summary.json``; variants already in it are not evaluated again.
 
@@ -26,12 +26,11 @@ import argparse
 import json
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_object_sets import pool, run_set  # noqa: E402
+from eval_object_sets import evaluate_sets, pool  # noqa: E402
 
 
 def snapshot_minutes(run: Path) -> dict[int, float]:
@@ -70,12 +69,6 @@ def average_agent(members: list[Path], out: Path) -> Path:
     return save_safetensors_atomic(out, tensors, loaded[-1][1])
 
 
-def evaluate(d: Path, objects: str, sets: int, jobs: int, extra: list[str]) -> dict[str, Any]:
-    with ThreadPoolExecutor(jobs) as ex:
-        results = list(ex.map(lambda s: run_set(d, s, objects, 102, extra), range(sets)))
-    return pool(results)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a run directory trained with keep_snapshots")
@@ -93,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.check and not (a.run / "check.safetensors").is_file():
         p.error(f"{a.run} has no grasp check (rcan train-check --agent {a.run})")
     if any(k < 2 or k > len(snaps) for k in [*a.ensemble, *a.average]) or a.last < 0 or a.sets < 1 or a.jobs < 1:
-        p.error(f"ensembles need 2..{len(snaps)} members; --last, --sets, --jobs must be positive")
+        p.error(f"ensembles need 2..{len(snaps)} members; --last must be >= 0, --sets and --jobs >= 1")
     table = snapshot_minutes(a.run)
     tag = "check" if a.check else "once"
     variants: list[tuple[str, Path, list[str], dict[str, Any]]] = []
@@ -120,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             if key in summary and summary[key]["attempts"] == 102 * a.sets:
                 r = summary[key]  # evaluated by an earlier call (a rerun after a kill carries on)
             else:
-                r = evaluate(prepare(a.run, name, agent, a.check), objects, a.sets, a.jobs, extra)
+                d = prepare(a.run, name, agent, a.check)
+                r = pool(evaluate_sets(d, objects, a.sets, a.jobs, extra=extra))
                 summary[key] = {**info, "objects": objects, "check": a.check, **r}
             lo, hi = r["wilson95"]
             when = f"{info['minutes']:.0f} min" if info.get("minutes") is not None else f"{info['members']} nets"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcan.qtopt.agent import QTOptPolicy, load_agent, save_agent, state_images
+from rcan.qtopt.agent import QTOptPolicy, load_agent, load_network, load_networks, save_agent, state_images
 from rcan.qtopt.cem import CEMConfig
 from rcan.qtopt.evaluate import evaluate_policy, run_evaluation, save_frame_strip, wilson_interval
 from rcan.qtopt.network import QNetConfig, QNetwork
@@ -383,6 +383,40 @@ def test_ensemble_averages_the_critics(tmp_path) -> None:
     save_agent(tmp_path / "c" / "agent.safetensors", rcan_net, "rcan", CEMConfig(16, 4, 2))
     with pytest.raises(ValueError, match="input_mode"):
         load_agent(tmp_path / "a", ensemble=[tmp_path / "c" / "agent.safetensors"])
+
+
+def test_agent_file_carries_its_ensemble_members(tmp_path) -> None:
+    torch.manual_seed(3)
+    a, b, c = QNetwork(SMALL), QNetwork(SMALL), QNetwork(SMALL)
+    path = save_agent(tmp_path / "e" / "agent.safetensors", a, "canonical", CEMConfig(16, 4, 2), members=[b, c])
+    nets, meta = load_networks(path)
+    assert meta["members"] == "2" and len(nets) == 3
+    for want, got in zip((a, b, c), nets, strict=True):
+        for k, v in want.state_dict().items():
+            assert torch.equal(v, got.state_dict()[k])
+    assert torch.equal(load_network(path)[0].state_dict()["fc.2.weight"], a.state_dict()["fc.2.weight"])
+    # acting with the file is acting with its critics as an ensemble, plus any given on the command line
+    image = np.random.default_rng(0).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    state = np.array([0.0, 0.2], np.float32)
+    loaded = load_agent(path, seed=5)
+    assert len(loaded.networks) == 3
+    direct = QTOptPolicy(a, CEMConfig(16, 4, 2), seed=5, ensemble=[b, c])
+    np.testing.assert_allclose(loaded.act_prepared(image, state)[0], direct.act_prepared(image, state)[0], atol=1e-6)
+    save_agent(tmp_path / "d" / "agent.safetensors", a, "canonical", CEMConfig(16, 4, 2))
+    assert len(load_agent(tmp_path / "d", ensemble=[path]).networks) == 4
+    with pytest.raises(ValueError, match="config"):
+        save_agent(tmp_path / "x.safetensors", a, "canonical", CEMConfig(), members=[QNetwork(dataclasses.replace(SMALL, fc_hidden=SMALL.fc_hidden + 8))])
+    # a file whose member weights do not match what it records is refused with one clear message
+    from rcan.common.checkpoint import load_safetensors, save_safetensors_atomic
+
+    tensors, meta = load_safetensors(path)
+    save_safetensors_atomic(tmp_path / "bad.safetensors", tensors, {**meta, "members": "1"})
+    with pytest.raises(ValueError, match="member 2"):
+        load_networks(tmp_path / "bad.safetensors")
+    del tensors["member1.fc.2.weight"]
+    save_safetensors_atomic(tmp_path / "bad2.safetensors", tensors, meta)
+    with pytest.raises(ValueError, match="member 1"):
+        load_networks(tmp_path / "bad2.safetensors")
 
 
 def test_agent_file_carries_its_view_shifts_and_rerank(tmp_path) -> None:

@@ -193,6 +193,31 @@ def test_snapshots_keep_every_checkpoints_agent(tmp_path) -> None:
     assert not (tmp_path / "plain" / "snapshots").exists()
 
 
+def test_ensemble_members_are_kept_and_ride_in_the_final_agent_file(tmp_path) -> None:
+    from rcan.qtopt.agent import load_networks
+
+    run = tmp_path / "run"
+    trainer = Trainer(make_args("tiny", out=str(run), seed=2, ensemble_members=3, ensemble_spacing=0.3))
+    assert trainer.member_points() == [(2, pytest.approx(0.4)), (1, pytest.approx(0.7))]
+    summary = trainer.run()
+    kept = {k: load_safetensors(run / "members" / f"member-{k}.safetensors")[1] for k in (1, 2)}
+    steps = [int(kept[k]["grad_steps"]) for k in (2, 1)]
+    assert steps == sorted(steps) and steps[-1] <= summary["grad_steps"]
+    nets, meta = load_networks(run)
+    assert meta["members"] == "2" and len(nets) == 3
+    for net, k in zip(nets[1:], (1, 2), strict=True):  # the nearest to the end first
+        member = load_network(run / "members" / f"member-{k}.safetensors")[0]
+        assert all(torch.equal(v, member.state_dict()[n]) for n, v in net.state_dict().items())
+    assert len(load_agent(run).networks) == 3
+    # a checkpoint before the end carries the network alone
+    Trainer(make_args("tiny", out=str(tmp_path / "early"), ensemble_members=3)).save_checkpoint()
+    assert load_networks(tmp_path / "early")[1]["members"] == "0"
+    for bad in ({"ensemble_members": 0}, {"ensemble_members": 3, "ensemble_spacing": 0.5}):
+        with pytest.raises(ValueError, match="ensemble"):
+            make_args("tiny", **bad)
+    make_args("tiny", ensemble_members=1, ensemble_spacing=0.0)  # one critic: the spacing is unused
+
+
 def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp_path) -> None:
     base = tmp_path / "base"
     Trainer(make_args("tiny", out=str(base), seed=1)).run()

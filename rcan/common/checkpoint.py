@@ -195,7 +195,7 @@ def load_rng_state(
     np.random.set_state((info["kind"], keys, info["pos"], info["has_gauss"], info["gauss"]))  # noqa: NPY002
 
 
-def load_weights_strict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+def load_weights_strict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path | str) -> None:
     """``module.load_state_dict(tensors, strict=True)``, a mismatch reported as one clear ValueError."""
     try:
         module.load_state_dict(tensors, strict=True)

@@ -191,14 +191,23 @@ class QTOptPolicy:
         return self.act_prepared(*self.prepare(obs))[0]
 
 
+MEMBER_PREFIX = "member"
+"""Tensor names ``member<i>.<name>`` in an agent file: the weights of its ensemble members (i = 1, 2, ...)."""
+
+
 def save_agent(
     path: str | os.PathLike[str],
     network: QNetwork,
     input_mode: str,
     cem: CEMConfig,
     extra: Mapping[str, str] | None = None,
+    members: Sequence[QNetwork] = (),
 ) -> Path:
-    """Weights + everything needed to rebuild the policy, atomically."""
+    """Weights + everything needed to rebuild the policy, atomically. ``members``: more critics of the same
+    config stored in the same file (``member<i>.*``); the policy acts on the mean logit of all of them."""
+    for m in members:
+        if m.config != network.config:
+            raise ValueError("ensemble members must have the agent's network config")
     metadata = {
         "format": AGENT_FORMAT,
         "version": "1",
@@ -206,8 +215,12 @@ def save_agent(
         "input_mode": input_mode,
         "cem": json.dumps(cem.__dict__, sort_keys=True),
         **(extra or {}),
+        "members": str(len(members)),
     }
-    return save_safetensors_atomic(path, network.state_dict(), metadata)
+    tensors = dict(network.state_dict())
+    for i, m in enumerate(members, 1):
+        tensors.update({f"{MEMBER_PREFIX}{i}.{k}": v for k, v in m.state_dict().items()})
+    return save_safetensors_atomic(path, tensors, metadata)
 
 
 def resolve_agent_path(path: str | os.PathLike[str]) -> Path:
@@ -221,16 +234,35 @@ def resolve_agent_path(path: str | os.PathLike[str]) -> Path:
 
 
 def load_network(path: str | os.PathLike[str]) -> tuple[QNetwork, dict[str, str]]:
-    """The Q-network of an agent file (eval mode) and the file's metadata."""
+    """The Q-network of an agent file (eval mode) and the file's metadata (its ensemble members, if it
+    has any, are left out: ``load_networks``)."""
+    nets, metadata = load_networks(path)
+    return nets[0], metadata
+
+
+def load_networks(path: str | os.PathLike[str]) -> tuple[list[QNetwork], dict[str, str]]:
+    """Every Q-network of an agent file (eval mode), its own first, then its ensemble members."""
     p = resolve_agent_path(path)
     tensors, metadata = load_safetensors(p, expect_format=AGENT_FORMAT)
     try:
         config = QNetConfig.from_json(metadata["network"])
     except (KeyError, json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{p} has a broken network config ({err})") from None
-    net = QNetwork(config)
-    load_weights_strict(net, tensors, p)
-    return net.eval(), metadata
+    n = _int_metadata(metadata, "members", 0, p)
+    groups: list[dict[str, torch.Tensor]] = [{} for _ in range(n + 1)]
+    for key, value in tensors.items():
+        head, _, rest = key.partition(".")
+        number = head.removeprefix(MEMBER_PREFIX)
+        i = int(number) if head.startswith(MEMBER_PREFIX) and number.isdigit() else 0
+        if i > n:
+            raise ValueError(f"{p} has weights of ensemble member {i} but records {n} members")
+        groups[i][rest if i else key] = value
+    nets = []
+    for i, group in enumerate(groups):
+        net = QNetwork(config)
+        load_weights_strict(net, group, f"{p} (member {i})" if i else p)
+        nets.append(net.eval())
+    return nets, metadata
 
 
 def _int_metadata(metadata: Mapping[str, str], key: str, default: int, path: str | os.PathLike[str]) -> int:
@@ -250,20 +282,21 @@ def load_agent(
     rerank: int | None = None,
 ) -> QTOptPolicy:
     """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts`` and
-    ``rerank`` (see ``QTOptPolicy``): None takes the file's own (1 and 0 if it has none). ``ensemble``:
-    more agents (same input mode and camera) whose Q the policy averages with this one's."""
-    net, metadata = load_network(path)
+    ``rerank`` (see ``QTOptPolicy``): None takes the file's own (1 and 0 if it has none). The policy acts
+    on the mean logit of the file's critics (its own and its ensemble members, if it has any) and of those
+    of the agents in ``ensemble`` (same input mode and camera)."""
+    nets, metadata = load_networks(path)
+    net, members = nets[0], nets[1:]
     if view_shifts is None:
         view_shifts = _int_metadata(metadata, "view_shifts", 1, path)
     if rerank is None:
         rerank = _int_metadata(metadata, "rerank", 0, path)
-    members = []
     for other in ensemble:
-        member, meta = load_network(other)
+        more, meta = load_networks(other)
         for key, default in (("input_mode", "canonical"), ("camera", "wide")):
             if meta.get(key, default) != metadata.get(key, default):
                 raise ValueError(f"ensemble member {other} has another {key} than {path}")
-        members.append(member)
+        members.extend(more)
     mode = metadata.get("input_mode", "canonical")
     check_input_mode(mode)
     if cem is None:

@@ -302,6 +302,14 @@ class TrainArgs:
     keep_snapshots: bool = False
     """Also keep the agent file of every checkpoint, ``RUN/snapshots/agent-<grad steps>.safetensors``
     (~0.4 MB each), for choosing a checkpoint or acting with several (``rcan evaluate --ensemble``)."""
+    ensemble_members: int = 1
+    """Beyond the paper: critics the trained agent acts with (mean logit; ``QTOptPolicy``): the final
+    network and the online networks at the last ``ensemble_members - 1`` points ``ensemble_spacing`` of
+    the budget apart before the end, kept in ``RUN/members/`` while training and stored in the final agent
+    file (its check is then fitted on the ensemble's grasps). No extra training, a critic's cost more per
+    control step each. 1: one critic."""
+    ensemble_spacing: float = 0.1
+    """Budget fraction between ensemble members: with 3 members, the networks at 80%, 90% and 100%."""
     threads: int = 1
     """torch threads of the trainer (the collectors use one each)."""
     backend: str = "local"
@@ -476,6 +484,12 @@ def _validated(args: TrainArgs) -> TrainArgs:
 
     check_view_shifts(args.view_shifts)
     check_rerank(args.rerank)
+    span = args.ensemble_spacing * (args.ensemble_members - 1)
+    if args.ensemble_members < 1 or (args.ensemble_members > 1 and not 0.0 < span < 1.0):
+        raise ValueError(
+            "ensemble_members must be >= 1, and its members must lie inside the budget: "
+            f"0 < ensemble_spacing * (ensemble_members - 1) < 1, got {span:g}"
+        )
     if args.scripted_lift_steps < 1:
         raise ValueError(f"scripted_lift_steps must be >= 1, got {args.scripted_lift_steps}")
     if args.grasp_branches < 0 or args.branch_std < 0 or not 0.0 <= args.branch_aim_prob <= 1.0:

@@ -374,6 +374,7 @@ def run_evaluation(
     result["view_shifts"] = policy.view_shifts
     result["rerank"] = policy.rerank
     result["ensemble"] = [str(m) for m in members]
+    result["critics"] = len(policy.networks)  # the agent file's own and its members, plus ``ensemble``
     result["grasp_check"] = dataclasses.asdict(policy.config) if isinstance(policy, CheckedPolicy) else None
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])
     result["frames_png"] = str(strip)

@@ -19,6 +19,8 @@ One run directory holds everything:
 * ``agent.safetensors``: the Q-network and its config (what ``load_agent`` reads);
 * ``snapshots/agent-NNNNNNN.safetensors``: with ``keep_snapshots``, the agent file of every checkpoint
   (named by gradient steps);
+* ``members/member-K.safetensors``: with ``ensemble_members`` > 1, the networks the final agent file
+  carries as its ensemble members;
 * ``train_state.safetensors``: online and target nets, optimizer, counters, RNG states, recent statistics,
   the name of the replay file that belongs to it;
 * ``replay-NNNNNN.npz``: both replay buffers (plain arrays, no pickle).
@@ -99,6 +101,9 @@ from rcan.qtopt.replay import (
 
 SNAPSHOT_DIR = "snapshots"
 """With ``keep_snapshots``: every checkpoint's agent file, in the run directory."""
+MEMBER_DIR = "members"
+"""With ``ensemble_members`` > 1: ``member-<k>.safetensors``, the online network ``k * ensemble_spacing``
+of the budget before the end, stored in the final agent file beside the final network."""
 
 
 # -- the trainer -----------------------------------------------------------------------------------------
@@ -424,7 +429,8 @@ class Trainer:
         }
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())
-        save_agent(self.run_dir / AGENT_FILE, self.net, self.args.input, acting_cem(self.args), extra)
+        members = self.ensemble_members() if self.finished() else []
+        save_agent(self.run_dir / AGENT_FILE, self.net, self.args.input, acting_cem(self.args), extra, members)
         if self.args.keep_snapshots:
             snap = self.run_dir / SNAPSHOT_DIR / f"agent-{self.grad_steps:07d}.safetensors"
             snap.parent.mkdir(exist_ok=True)
@@ -433,6 +439,29 @@ class Trainer:
         for p in self.run_dir.glob("replay-*.npz"):
             if p.name != self.replay_file:
                 p.unlink(missing_ok=True)
+
+    def member_points(self) -> list[tuple[int, float]]:
+        """(k, budget fraction) of each ensemble member but the final network, the earliest first."""
+        a = self.args
+        return [(k, 1.0 - k * a.ensemble_spacing) for k in range(a.ensemble_members - 1, 0, -1)]
+
+    def save_member(self, k: int) -> None:
+        """Keep the online network as ensemble member ``k`` (overwriting one a resumed run redoes)."""
+        path = self.run_dir / MEMBER_DIR / f"member-{k}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_agent(path, self.net, self.args.input, acting_cem(self.args), {"grad_steps": str(self.grad_steps)})
+
+    def ensemble_members(self) -> list[QNetwork]:
+        """The kept members, the nearest to the end first (for the final agent file)."""
+        from rcan.qtopt.agent import load_network
+
+        nets = []
+        for k, _ in reversed(self.member_points()):
+            path = self.run_dir / MEMBER_DIR / f"member-{k}.safetensors"
+            if not path.is_file():
+                raise FileNotFoundError(f"ensemble member {path} is missing (was {MEMBER_DIR}/ deleted mid-run?)")
+            nets.append(load_network(path)[0])
+        return nets
 
     def _load_learner(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         """The online and target networks and the optimizer from a training state."""
@@ -508,6 +537,8 @@ class Trainer:
             desc=f"train-agent {self.run_dir.name}",
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
         )
+        # Members whose point lies behind a resumed run's checkpoint were kept before it.
+        members_due = [(k, f) for k, f in self.member_points() if f > self.budget_used()]
         try:
             tick = time.monotonic()
             while not stop["flag"] and not self.finished():
@@ -545,6 +576,8 @@ class Trainer:
                 now = time.monotonic()
                 self.train_seconds += now - tick
                 tick = now
+                while members_due and self.budget_used() >= members_due[0][1]:
+                    self.save_member(members_due.pop(0)[0])
                 done = round(1000 * self.budget_used())
                 if done > bar.n:
                     bar.update(done - bar.n)

@@ -385,6 +385,32 @@ def test_ensemble_averages_the_critics(tmp_path) -> None:
         load_agent(tmp_path / "a", ensemble=[tmp_path / "c" / "agent.safetensors"])
 
 
+def test_search_with_one_critic_rescores_on_all() -> None:
+    torch.manual_seed(1)
+    a, b = QNetwork(SMALL).eval(), QNetwork(SMALL).eval()
+    image = np.random.default_rng(4).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    state = np.array([0.0, 0.15], np.float32)
+    cem = CEMConfig(16, 4, 2)
+
+    def mean_logit(act: np.ndarray) -> float:
+        img, st = torch.from_numpy(image)[None], torch.from_numpy(state)[None]
+        c = torch.from_numpy(act)[None, None]
+        with torch.no_grad():
+            return float((a(img, st, c) + b(img, st, c)).squeeze() / 2)
+
+    alone, _ = QTOptPolicy(a, cem, seed=5).act_prepared(image, state)
+    cheap = QTOptPolicy(a, cem, seed=5, ensemble=[b], rerank=8, search_critics=1)
+    act, q = cheap.act_prepared(image, state)
+    assert q == pytest.approx(float(torch.sigmoid(torch.tensor(mean_logit(act)))), abs=1e-5)
+    assert mean_logit(act) >= mean_logit(alone) - 1e-5  # a's own pick is among the re-scored ones
+    # searching with every critic is the plain ensemble, whatever rerank says
+    full = QTOptPolicy(a, cem, seed=5, ensemble=[b], rerank=8, search_critics=2)
+    plain = QTOptPolicy(a, cem, seed=5, ensemble=[b])
+    np.testing.assert_allclose(full.act_prepared(image, state)[0], plain.act_prepared(image, state)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="search_critics"):
+        QTOptPolicy(a, search_critics=-1)
+
+
 def test_agent_file_carries_its_ensemble_members(tmp_path) -> None:
     torch.manual_seed(3)
     a, b, c = QNetwork(SMALL), QNetwork(SMALL), QNetwork(SMALL)

@@ -113,6 +113,7 @@ class QTOptPolicy:
         view_shifts: int = 1,
         ensemble: Sequence[QNetwork] = (),
         rerank: int = 0,
+        search_critics: int = 0,
     ) -> None:
         check_input_mode(input_mode)
         for other in ensemble:
@@ -142,6 +143,11 @@ class QTOptPolicy:
         self.rerank = rerank
         """With ``view_shifts`` > 1: 0 searches on the mean over all views; M > 0 searches on the unshifted
         view alone and re-scores the M best candidates it scored on all views (about the cost of one view)."""
+        if search_critics < 0:
+            raise ValueError(f"search_critics must be >= 0, got {search_critics}")
+        self.search_critics = search_critics
+        """With an ensemble and ``rerank`` M > 0: N > 0 searches with the first N critics alone and re-scores
+        the M best candidates on all of them (a search's cost is mostly its 128 heads per critic); 0: all."""
         self._first: np.ndarray | None = None
 
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
@@ -162,16 +168,17 @@ class QTOptPolicy:
     def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
         """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate)."""
         views = shifted_views(torch.from_numpy(image)[None], self.view_shifts)
-        rerank = self.rerank if len(views) > 1 else 0
+        nets = self.networks[: self.search_critics] if self.rerank and self.search_critics else self.networks
+        rerank = self.rerank if len(views) > 1 or len(nets) < len(self.networks) else 0
         searched = 1 if rerank else len(views)  # re-ranking searches on the unshifted view only
-        feats = [net.features(views[:searched]) for net in self.networks]  # each tower once per view
+        feats = [net.features(views[:searched]) for net in nets]  # each tower once per view
         s1 = torch.from_numpy(state)[None]
         scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # what the search scored, for re-ranking
 
-        def score(c: torch.Tensor, feats: list[torch.Tensor] = feats) -> torch.Tensor:
+        def score(c: torch.Tensor, feats: list[torch.Tensor] = feats, nets: list[QNetwork] = nets) -> torch.Tensor:
             m = len(feats[0])
             s, cm = s1.expand(m, -1), c.expand(m, -1, -1)
-            logits = [net.head(f, s, cm).mean(0, keepdim=True) for net, f in zip(self.networks, feats, strict=True)]
+            logits = [net.head(f, s, cm).mean(0, keepdim=True) for net, f in zip(nets, feats, strict=True)]
             out = torch.stack(logits).mean(0)
             if rerank:
                 scored.append((c[0], out[0]))
@@ -181,8 +188,11 @@ class QTOptPolicy:
         if rerank:
             cands = torch.cat([c for c, _ in scored])
             top = cands[torch.cat([q for _, q in scored]).topk(min(self.rerank, len(cands))).indices]
-            feats_all = [torch.cat([f, net.features(views[1:])]) for net, f in zip(self.networks, feats, strict=True)]
-            q = score(top[None], feats_all)[0]
+            feats_all = [
+                torch.cat([feats[i], net.features(views[1:])]) if i < len(nets) else net.features(views)
+                for i, net in enumerate(self.networks)
+            ]
+            q = score(top[None], feats_all, self.networks)[0]
             best = int(q.argmax())
             a, logit = top[best : best + 1], q[best : best + 1]
         return a[0].numpy().astype(np.float32), float(torch.sigmoid(logit[0]))
@@ -280,9 +290,10 @@ def load_agent(
     view_shifts: int | None = None,
     ensemble: Sequence[str | os.PathLike[str]] = (),
     rerank: int | None = None,
+    search_critics: int | None = None,
 ) -> QTOptPolicy:
     """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts`` and
-    ``rerank`` (see ``QTOptPolicy``): None takes the file's own (1 and 0 if it has none). The policy acts
+    ``rerank``, ``search_critics`` (see ``QTOptPolicy``): None takes the file's own (1 and 0 if it has none). The policy acts
     on the mean logit of the file's critics (its own and its ensemble members, if it has any) and of those
     of the agents in ``ensemble`` (same input mode and camera)."""
     nets, metadata = load_networks(path)
@@ -291,6 +302,8 @@ def load_agent(
         view_shifts = _int_metadata(metadata, "view_shifts", 1, path)
     if rerank is None:
         rerank = _int_metadata(metadata, "rerank", 0, path)
+    if search_critics is None:
+        search_critics = _int_metadata(metadata, "search_critics", 0, path)
     for other in ensemble:
         more, meta = load_networks(other)
         for key, default in (("input_mode", "canonical"), ("camera", "wide")):
@@ -309,7 +322,16 @@ def load_agent(
         gen_model = _resolve_generator(resolve_agent_path(path), generator, metadata)
     camera = metadata.get("camera", "wide")
     return QTOptPolicy(
-        net, cem, mode, gen_model, seed=seed, camera=camera, view_shifts=view_shifts, ensemble=members, rerank=rerank
+        net,
+        cem,
+        mode,
+        gen_model,
+        seed=seed,
+        camera=camera,
+        view_shifts=view_shifts,
+        ensemble=members,
+        rerank=rerank,
+        search_critics=search_critics,
     )
 
 

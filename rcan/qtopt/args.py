@@ -197,6 +197,10 @@ class TrainArgs:
     """With ``view_shifts`` > 1, the saved agent's CEM searches on the unshifted view alone and re-scores
     its this-many best candidates on all views (0: search on the mean over all views, 4-5x the one-view CEM time).
     Recorded in the agent file. 16: +3.4 to +3.8 points over one view on three agents at 5.8 ms per step (bench_qtopt.py)."""
+    search_critics: int = 0
+    """With ``ensemble_members`` > 1 and ``rerank``: the saved agent's CEM searches with its first this-many
+    critics and re-scores the ``rerank`` best candidates on all of them (0: searches with all; each critic
+    adds about one critic's CEM time). Recorded in the agent file."""
     target_cem_samples: int = 32
     """CEM candidates per iteration for V(s'): the per-candidate head dominates a gradient step's cost, and
     32 x 2 halves it against 64 x 2 (measured; the paper's value is affordable with more cores)."""
@@ -484,6 +488,8 @@ def _validated(args: TrainArgs) -> TrainArgs:
 
     check_view_shifts(args.view_shifts)
     check_rerank(args.rerank)
+    if args.search_critics < 0:
+        raise ValueError(f"search_critics must be >= 0, got {args.search_critics}")
     span = args.ensemble_spacing * (args.ensemble_members - 1)
     if args.ensemble_members < 1 or (args.ensemble_members > 1 and not 0.0 < span < 1.0):
         raise ValueError(

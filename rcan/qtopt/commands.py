@@ -119,6 +119,15 @@ def register(sub: Any) -> None:
         "on all N views (about one view's cost; 0: search on the mean over views; default: the agent's own)",
     )
     e.add_argument(
+        "--search-critics",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with several critics (an agent file with ensemble members, or --ensemble) and --rerank M > 0: "
+        "search with the first N critics and re-score the M best candidates on all (0: all; default: the "
+        "agent's own)",
+    )
+    e.add_argument(
         "--ensemble",
         action="append",
         default=[],
@@ -245,6 +254,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         view_shifts=args.view_shifts,
         ensemble=args.ensemble,
         rerank=args.rerank,
+        search_critics=args.search_critics,
         check=not args.no_check,
         check_threshold=args.check_threshold,
     )

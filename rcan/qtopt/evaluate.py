@@ -307,6 +307,7 @@ def run_evaluation(
     view_shifts: int | None = None,
     ensemble: list[str] | None = None,
     rerank: int | None = None,
+    search_critics: int | None = None,
     check: bool = True,
     check_threshold: float | None = None,
 ) -> dict[str, Any]:
@@ -320,6 +321,8 @@ def run_evaluation(
     ``ensemble``: more agents whose Q is averaged with the agent's (same input mode and camera).
     ``rerank``: with ``view_shifts`` > 1, search on the unshifted view and re-score only the M best
     candidates on all views (0: search on the mean over views; None: the agent file's own).
+    ``search_critics``: with several critics and re-ranking, search with the first N and re-score on all
+    (0: all; None: the agent file's own).
     ``check``: act with the agent's grasp check if it has one (``rcan.qtopt.grasp_check``);
     ``check_threshold`` overrides the check's threshold.
 
@@ -345,7 +348,14 @@ def run_evaluation(
     path = resolve_agent_path(agent)
     members = [resolve_agent_path(m) for m in ensemble or []]
     policy = load_agent(
-        path, generator=generator, cem=cem, seed=seed, view_shifts=view_shifts, ensemble=members, rerank=rerank
+        path,
+        generator=generator,
+        cem=cem,
+        seed=seed,
+        view_shifts=view_shifts,
+        ensemble=members,
+        rerank=rerank,
+        search_critics=search_critics,
     )
     if check:
         policy = with_check(policy, path, threshold=check_threshold)
@@ -373,6 +383,7 @@ def run_evaluation(
     result["cem"] = {"samples": c.samples, "elites": c.elites, "iterations": c.iterations}
     result["view_shifts"] = policy.view_shifts
     result["rerank"] = policy.rerank
+    result["search_critics"] = policy.search_critics
     result["ensemble"] = [str(m) for m in members]
     result["critics"] = len(policy.networks)  # the agent file's own and its members, plus ``ensemble``
     result["grasp_check"] = dataclasses.asdict(policy.config) if isinstance(policy, CheckedPolicy) else None

@@ -426,6 +426,7 @@ class Trainer:
             "camera": self.args.camera,
             "view_shifts": str(self.args.view_shifts),
             "rerank": str(self.args.rerank),
+            "search_critics": str(self.args.search_critics),
         }
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())

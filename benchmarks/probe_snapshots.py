@@ -17,6 +17,7 @@ table and writes ``RUN/snapshot-evals/summary.json``; variants already in it are
 
     .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 5 --objects test train
     .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 0 --ensemble 2 3 --check
+    .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s7 --last 0 --ensemble 3 --check --search-critics 1
     .venv/bin/python benchmarks/probe_snapshots.py runs/e2e-s5 --last 0 --average 2 3
 """
 
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ensemble", type=int, nargs="*", default=[], help="ensembles of the last K snapshots")
     p.add_argument("--average", type=int, nargs="*", default=[], help="weights averaged over the last K")
     p.add_argument("--check", action="store_true", help="act with the run's grasp check (default: close once)")
+    p.add_argument(
+        "--search-critics",
+        type=int,
+        default=0,
+        help="ensembles: search with the first N critics, re-score the best on all (0: search with all)",
+    )
     p.add_argument("--sets", type=int, default=5)
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args(argv)
@@ -85,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{a.run} has no snapshots (train with --set keep_snapshots=true)")
     if a.check and not (a.run / "check.safetensors").is_file():
         p.error(f"{a.run} has no grasp check (rcan train-check --agent {a.run})")
-    if any(k < 2 or k > len(snaps) for k in [*a.ensemble, *a.average]) or a.last < 0 or a.sets < 1 or a.jobs < 1:
-        p.error(f"ensembles need 2..{len(snaps)} members; --last must be >= 0, --sets and --jobs >= 1")
+    if any(k < 2 or k > len(snaps) for k in [*a.ensemble, *a.average]) or min(a.last, a.search_critics) < 0:
+        p.error(f"ensembles need 2..{len(snaps)} members; --last and --search-critics must be >= 0")
+    if a.sets < 1 or a.jobs < 1:
+        p.error("--sets and --jobs must be >= 1")
     table = snapshot_minutes(a.run)
     tag = "check" if a.check else "once"
     variants: list[tuple[str, Path, list[str], dict[str, Any]]] = []
@@ -96,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         variants.append((f"{s.stem}-{tag}", s, [], info))
     for k in a.ensemble:
         members = snaps[-k:]
-        extra = [arg for m in members[:-1] for arg in ("--ensemble", str(m.resolve()))]
+        extra = [arg for m in reversed(members[:-1]) for arg in ("--ensemble", str(m.resolve()))]
         info = {"members": k, "snapshots": [m.name for m in members]}
-        variants.append((f"ensemble{k}-{tag}", members[-1], extra, info))
+        search = f"-search{a.search_critics}" if a.search_critics else ""
+        if a.search_critics:
+            extra += ["--search-critics", str(a.search_critics)]
+            info["search_critics"] = a.search_critics
+        variants.append((f"ensemble{k}{search}-{tag}", members[-1], extra, info))
     (a.run / "snapshot-evals").mkdir(exist_ok=True)
     for k in a.average:
         members = snaps[-k:]

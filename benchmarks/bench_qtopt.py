@@ -60,10 +60,13 @@ def bench_network(in_channels: int) -> dict[str, Any]:
     }
 
 
-def bench_cem(steps: int, view_shifts: int = 1, members: int = 1, rerank: int = 0) -> dict[str, Any]:
-    """CEM per control step; ``view_shifts``, ``members`` and ``rerank``: the test-time options (shifted
-    views of the image, an ensemble of critics, re-scoring only the one-view search's best candidates on
-    all views), whose cost is a tower per view and member and a head per candidate, view and member."""
+def bench_cem(
+    steps: int, view_shifts: int = 1, members: int = 1, rerank: int = 0, search_critics: int = 0
+) -> dict[str, Any]:
+    """CEM per control step; ``view_shifts``, ``members``, ``rerank`` and ``search_critics``: the test-time
+    options (shifted views of the image, an ensemble of critics, re-scoring only the one-view search's best
+    candidates on all views, searching with the first critics only), whose cost is a tower per view and
+    member and a head per candidate, view and member."""
     from rcan.qtopt.agent import QTOptPolicy
     from rcan.qtopt.args import acting_cem, make_args, network_config
     from rcan.qtopt.network import QNetwork
@@ -71,7 +74,14 @@ def bench_cem(steps: int, view_shifts: int = 1, members: int = 1, rerank: int = 
     args = make_args("default")
     nets = [QNetwork(network_config(args)) for _ in range(members)]
     policy = QTOptPolicy(
-        nets[0], acting_cem(args), "canonical", seed=0, view_shifts=view_shifts, ensemble=nets[1:], rerank=rerank
+        nets[0],
+        acting_cem(args),
+        "canonical",
+        seed=0,
+        view_shifts=view_shifts,
+        ensemble=nets[1:],
+        rerank=rerank,
+        search_critics=search_critics,
     )
     rng = np.random.default_rng(0)
     times = []
@@ -162,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     res["cem_views5"] = bench_cem(n_cem, view_shifts=5)
     res["cem_views5_rerank16"] = bench_cem(n_cem, view_shifts=5, rerank=16)
     res["cem_views5_ensemble2"] = bench_cem(n_cem, view_shifts=5, members=2)
+    log(f"CEM x {n_cem} in the default acting mode with 3 critics: searching with all, and with the first")
+    res["cem_views5_rerank16_critics3"] = bench_cem(n_cem, view_shifts=5, members=3, rerank=16)
+    res["cem_views5_rerank16_critics3_search1"] = bench_cem(
+        n_cem, view_shifts=5, members=3, rerank=16, search_critics=1
+    )
     log(f"gradient steps x {n_grad}")
     res["grad"] = bench_grad(n_grad)
     log(f"collector episodes x {n_eps} per kind")
@@ -186,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         ("cem_views5_rerank16", "5 views, re-ranking 16 (the default acting mode)", f"<= {CEM_GOAL_MS:.0f} ms: {ok_default}"),
         ("cem_views5", "5 shifted views, search on their mean (opt-in)", ""),
         ("cem_views5_ensemble2", "5 views x 2 critics (opt-in)", ""),
+        ("cem_views5_rerank16_critics3", "the default mode with 3 critics, searching with all", ""),
+        ("cem_views5_rerank16_critics3_search1", "the default mode with 3 critics, searching with 1", ""),
     ):
         r = res[key]
         print(f"| CEM ms per control step, {what} (mean / median) | {r['cem_ms_mean']:.2f} / "

@@ -88,6 +88,12 @@ def check_rerank(m: int) -> None:
         raise ValueError(f"rerank must be >= 0, got {m}")
 
 
+def check_search_critics(n: int) -> None:
+    """Refuse a negative number of searching critics."""
+    if n < 0:
+        raise ValueError(f"search_critics must be >= 0, got {n}")
+
+
 def shifted_views(images: torch.Tensor, n: int) -> torch.Tensor:
     """(B, C, H, W) -> (n * B, C, H, W), view-major: the images moved by the first ``n`` of
     ``VIEW_SHIFTS`` (replicate padding, as training's random shift pads), the unshifted ones first."""
@@ -122,6 +128,7 @@ class QTOptPolicy:
                 raise ValueError("ensemble members must take the same images (channels, size, first frame)")
         check_view_shifts(view_shifts)
         check_rerank(rerank)
+        check_search_critics(search_critics)
         need = image_channels(input_mode, network.config.first_frame)
         if network.config.in_channels != need:
             raise ValueError(
@@ -143,8 +150,6 @@ class QTOptPolicy:
         self.rerank = rerank
         """With ``view_shifts`` > 1: 0 searches on the mean over all views; M > 0 searches on the unshifted
         view alone and re-scores the M best candidates it scored on all views (about the cost of one view)."""
-        if search_critics < 0:
-            raise ValueError(f"search_critics must be >= 0, got {search_critics}")
         self.search_critics = search_critics
         """With an ensemble and ``rerank`` M > 0: N > 0 searches with the first N critics alone and re-scores
         the M best candidates on all of them (a search's cost is mostly its 128 heads per critic); 0: all."""
@@ -292,9 +297,9 @@ def load_agent(
     rerank: int | None = None,
     search_critics: int | None = None,
 ) -> QTOptPolicy:
-    """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts`` and
-    ``rerank``, ``search_critics`` (see ``QTOptPolicy``): None takes the file's own (1 and 0 if it has none). The policy acts
-    on the mean logit of the file's critics (its own and its ensemble members, if it has any) and of those
+    """Rebuild the greedy policy from an agent file or a directory holding one. ``view_shifts``,
+    ``rerank`` and ``search_critics`` (see ``QTOptPolicy``): None takes the file's own (1, 0 and 0 if it
+    has none). The policy acts on the mean logit of the file's critics (its own and its ensemble members, if it has any) and of those
     of the agents in ``ensemble`` (same input mode and camera)."""
     nets, metadata = load_networks(path)
     net, members = nets[0], nets[1:]

@@ -484,12 +484,11 @@ def _validated(args: TrainArgs) -> TrainArgs:
                 f"mirror_prob needs a camera in the plane x = 0 (so that a mirrored frame is a frame); "
                 f"{args.camera!r} is not"
             )
-    from rcan.qtopt.agent import check_rerank, check_view_shifts
+    from rcan.qtopt.agent import check_rerank, check_search_critics, check_view_shifts
 
     check_view_shifts(args.view_shifts)
     check_rerank(args.rerank)
-    if args.search_critics < 0:
-        raise ValueError(f"search_critics must be >= 0, got {args.search_critics}")
+    check_search_critics(args.search_critics)
     span = args.ensemble_spacing * (args.ensemble_members - 1)
     if args.ensemble_members < 1 or (args.ensemble_members > 1 and not 0.0 < span < 1.0):
         raise ValueError(

@@ -446,9 +446,13 @@ class Trainer:
         a = self.args
         return [(k, 1.0 - k * a.ensemble_spacing) for k in range(a.ensemble_members - 1, 0, -1)]
 
+    def member_path(self, k: int) -> Path:
+        """Where ensemble member ``k`` is kept while training."""
+        return self.run_dir / MEMBER_DIR / f"member-{k}.safetensors"
+
     def save_member(self, k: int) -> None:
         """Keep the online network as ensemble member ``k`` (overwriting one a resumed run redoes)."""
-        path = self.run_dir / MEMBER_DIR / f"member-{k}.safetensors"
+        path = self.member_path(k)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_agent(path, self.net, self.args.input, acting_cem(self.args), {"grad_steps": str(self.grad_steps)})
 
@@ -458,7 +462,7 @@ class Trainer:
 
         nets = []
         for k, _ in reversed(self.member_points()):
-            path = self.run_dir / MEMBER_DIR / f"member-{k}.safetensors"
+            path = self.member_path(k)
             if not path.is_file():
                 raise FileNotFoundError(f"ensemble member {path} is missing (was {MEMBER_DIR}/ deleted mid-run?)")
             nets.append(load_network(path)[0])

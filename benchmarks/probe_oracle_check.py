@@ -9,7 +9,11 @@ grasps that would succeed. Everything else is ``rcan evaluate``'s protocol with 
 ``CheckedPolicy`` settings (lift, threshold, steps left), so the figure compares with the agent's
 ``benchmarks/eval_object_sets.py`` result. Privileged; a probe, never a product path.
 
-    .venv/bin/python benchmarks/probe_oracle_check.py [RUN] [--sets 5] [--out RUN/oracle-check.json]
+    .venv/bin/python benchmarks/probe_oracle_check.py [RUN] [--sets 5] [--out RUN/oracle-check.json] \\
+        [--lift L] [--min-steps-left K]
+
+``--lift`` / ``--min-steps-left`` act with other settings than the check's own: a never-wrong check needs
+no evidence from a lift, so a shorter lift bounds what a faster (as good) check would gain: more grasps.
 
 Writes the summary and every attempt to OUT, and the checked states (prepared images and states, the
 outcome, the gripper's opening) to OUT with ``.npz``, on which other checks can be scored offline.
@@ -50,7 +54,9 @@ class OracleCheck(nn.Module):
         success = bool(rewards[0] > 0)
         p = float(torch.sigmoid(self.learned(images, states, actions))[0])
         self.states.append((images[0].numpy().copy(), states[0].numpy().copy()))
-        self.log.append({"learned": round(p, 4), "opening": self.env.cell.gripper.opening(), "success": success})
+        self.log.append(
+            {"learned": round(p, 4), "opening": self.env.cell.gripper.opening(), "success": success}
+        )
         return torch.full((len(images),), 20.0 if success else -20.0)
 
 
@@ -60,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", type=int, default=5)
     p.add_argument("--attempts", type=int, default=102)
     p.add_argument("--out", type=Path, default=None, help="default: RUN/oracle-check.json")
+    p.add_argument(
+        "--lift", type=int, default=None, help="4 cm steps up before the check (default: the check's)"
+    )
+    p.add_argument(
+        "--min-steps-left",
+        type=int,
+        default=None,
+        help="reopen only with this many steps left (default: the check's)",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     path = resolve_agent_path(a.run)
@@ -73,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.make_eval_env = make_and_bind  # the protocol builds its env inside; the oracle needs it
     per_set, rows = [], []
     for seed in range(a.sets):
-        policy = with_check(load_agent(path, seed=seed), path)
+        policy = with_check(load_agent(path, seed=seed), path, lift=a.lift, min_steps_left=a.min_steps_left)
         if not isinstance(policy, CheckedPolicy):
             p.error(f"{a.run} has no grasp check (check.safetensors)")
         policy.check = oracle

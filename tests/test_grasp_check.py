@@ -24,6 +24,7 @@ from rcan.qtopt.grasp_check import (
     check_probability,
     fit_check,
     load_check,
+    parse_check_settings,
     save_check,
     with_check,
 )
@@ -172,10 +173,28 @@ def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
     assert r["grasp_check"]["lift"] == 1 and all("checks" in a for a in r["per_attempt"])
     r = run_evaluation(str(run), "canonical", attempts=1, seed=0, out=str(tmp_path / "ev2"), check=False)
     assert r["grasp_check"] is None and "checks" not in r["per_attempt"][0]
-    with pytest.raises(ValueError, match="needs the grasp check"):
+    with pytest.raises(ValueError, match="need the grasp check"):
         run_evaluation(
             str(run), "canonical", attempts=1, out=str(tmp_path / "ev3"), check=False, check_threshold=0.5
         )
+
+    r = run_evaluation(
+        str(run),
+        "canonical",
+        attempts=1,
+        seed=0,
+        out=str(tmp_path / "ev4"),
+        check_threshold=0.3,
+        check_settings=parse_check_settings(["min_steps_left=3", "max_retries=1"]),
+    )
+    assert (r["grasp_check"]["min_steps_left"], r["grasp_check"]["max_retries"]) == (3, 1)
+    assert r["grasp_check"]["threshold"] == 0.3 and r["grasp_check"]["lift"] == 1  # the rest: the file's
+    with pytest.raises(ValueError, match="need the grasp check"):
+        run_evaluation(
+            str(run), "canonical", attempts=1, out=str(tmp_path / "ev5"), check=False, check_settings={"views": 5}
+        )
+    assert main(["evaluate", "--agent", str(run), "--domain", "canonical", "--check-set", "lift=2"]) == 2
+    assert "cannot change 'lift'" in capsys.readouterr().err
 
     (run / "check_data.h5").write_bytes(b"not hdf5")
     assert main(["train-check", "--agent", str(run), "--grasps", "12", "--lift", "1", "--jobs", "1"]) == 2
@@ -220,6 +239,40 @@ def test_an_early_check_reopens_after_the_first_lift_step() -> None:
     )
     with pytest.raises(ValueError):
         CheckConfig(early_threshold=-0.1)
+
+
+def test_check_settings_parse_typed_and_refuse_what_the_fit_fixed() -> None:
+    assert parse_check_settings(["min_steps_left=3", "early_threshold=0.35", "early_from=2"]) == {
+        "min_steps_left": 3,
+        "early_threshold": 0.35,
+        "early_from": 2,
+    }
+    assert parse_check_settings([]) == {}
+    for bad, message in [
+        (["lift=2"], "cannot change 'lift'"),
+        (["max_steps=30"], "cannot change 'max_steps'"),
+        (["nope=1"], "KEY=VALUE"),
+        (["min_steps_left"], "KEY=VALUE"),
+        (["max_retries=1.5"], "needs an integer"),
+        (["threshold=high"], "needs a number"),
+        (["threshold=2"], "threshold must be in"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_check_settings(bad)
+
+
+def test_an_early_check_can_wait_for_the_second_lift_step() -> None:
+    p = CheckedPolicy(
+        ClosesAtThird(), Constant(0.1), CheckConfig(lift=3, early_threshold=0.2, early_from=2, max_retries=1)
+    )
+    acts = _run(p)
+    np.testing.assert_array_equal(acts[3], LIFT)  # the first step up is not judged
+    np.testing.assert_array_equal(acts[4], LIFT)
+    np.testing.assert_array_equal(acts[5], REOPEN)  # judged after the second: plainly empty
+    assert len(p.checks) >= 1
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="early_from"):
+            CheckConfig(lift=3, early_from=bad)
 
 
 def test_an_empty_gripper_reopens_at_once_whatever_the_check_says() -> None:

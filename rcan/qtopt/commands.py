@@ -147,6 +147,14 @@ def register(sub: Any) -> None:
         metavar="P",
         help="end an attempt when the grasp check's success estimate is at least P (default: the check's own)",
     )
+    e.add_argument(
+        "--check-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="act with another grasp-check setting (repeatable; a CheckConfig field of "
+        "rcan/qtopt/grasp_check.py, e.g. min_steps_left=3, early_threshold=0.3; not lift or max_steps)",
+    )
     e.set_defaults(func=_cmd_evaluate)
 
     k = sub.add_parser(
@@ -246,6 +254,7 @@ def _parse_cem(text: str | None) -> Any:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rcan.qtopt.evaluate import run_evaluation
+    from rcan.qtopt.grasp_check import parse_check_settings
 
     r = run_evaluation(
         args.agent, args.domain, args.attempts, args.seed, args.out, args.texture_dir, args.generator,
@@ -257,6 +266,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         search_critics=args.search_critics,
         check=not args.no_check,
         check_threshold=args.check_threshold,
+        check_settings=parse_check_settings(args.check_set),
     )
     lo, hi = r["wilson95"]
     print(

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,7 @@ def run_evaluation(
     search_critics: int | None = None,
     check: bool = True,
     check_threshold: float | None = None,
+    check_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load an agent (default: the shipped one), run the protocol, write ``result.json``, ``frames.png``
     and ``closings.png``.
@@ -324,7 +326,8 @@ def run_evaluation(
     ``search_critics``: with several critics and re-ranking, search with the first N and re-score on all
     (0: all; None: the agent file's own).
     ``check``: act with the agent's grasp check if it has one (``rcan.qtopt.grasp_check``);
-    ``check_threshold`` overrides the check's threshold.
+    ``check_threshold`` overrides the check's threshold; ``check_settings`` any other ``CheckConfig`` fields
+    (how it acts: ``min_steps_left``, ``early_threshold``, ...; recorded in the result).
 
     ``threads``: torch threads; the per-step work is small, and on a busy 2-core machine 2 threads made the
     protocol 4x slower than 1 (measured), so 1 is the default (0 keeps torch's choice)."""
@@ -358,9 +361,14 @@ def run_evaluation(
         search_critics=search_critics,
     )
     if check:
-        policy = with_check(policy, path, threshold=check_threshold)
-    elif check_threshold is not None:
-        raise ValueError("--check-threshold needs the grasp check (drop --no-check)")
+        settings = dict(check_settings or {})
+        if check_threshold is not None:
+            settings["threshold"] = check_threshold
+        policy = with_check(policy, path, **settings)
+        if check_settings and not isinstance(policy, CheckedPolicy):
+            raise ValueError(f"--check-set needs a grasp check beside {path} (rcan train-check)")
+    elif check_threshold is not None or check_settings:
+        raise ValueError("--check-threshold and --check-set need the grasp check (drop --no-check)")
     result = evaluate_policy(
         policy,
         domain,

@@ -73,7 +73,10 @@ class CheckConfig:
     """Also check after each lift step before the last, and reopen at once below this estimate (0: off;
     needs a check fitted on every lift level, ``fit_check(all_levels=True)``): a plainly empty grasp
     then costs fewer of the attempt's steps. Measured on the shipped agent: 85.9% (0.1) and 84.7% (0.2)
-    against 87.5% off, over five object sets."""
+    against 87.5% off, over five object sets, judging from the first step up (``early_from`` 1)."""
+    early_from: int = 1
+    """The first lift step after which ``early_threshold`` judges (1: after every step up before the
+    last). After one step (4 cm) a grasp that will slip still looks held, so early checks there err."""
     late_threshold: float = 0.0
     """With fewer than ``min_steps_left`` steps left (too few for another checked grasp) but at least
     ``late_min_steps_left``, still reopen below this estimate; the agent's next closing then ends the
@@ -99,6 +102,8 @@ class CheckConfig:
         if self.lift < 0 or self.min_steps_left < 1 or self.max_retries < 0 or self.max_steps < 1:
             raise ValueError(f"bad grasp check settings: {self}")
         check_view_shifts(self.views)
+        if not 1 <= self.early_from <= max(1, self.lift):
+            raise ValueError(f"the check's early_from must be a lift step in [1, lift], got {self}")
         if self.late_min_steps_left < 2:
             raise ValueError(f"late_min_steps_left must be >= 2 (reopen, then close), got {self}")
         if not 0.0 <= self.empty_opening < 0.1:
@@ -148,18 +153,17 @@ class CheckedPolicy:
     def _act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None) -> np.ndarray:
         c, left = self.config, self.config.max_steps - (self._step - 1)  # steps left, this one included
         if self._phase == "lift":
-            lifted = self._lift_left < c.lift  # at least one step up: the encoder and early checks may judge
+            lifted = self._lift_left < c.lift  # at least one step up: the encoder may judge
             if lifted and self._empty(obs) and left >= c.late_min_steps_left and self._retries < c.max_retries:
-                self._phase, self._retries, self.empty_reopens = "act", self._retries + 1, self.empty_reopens + 1
-                return REOPEN.copy()
+                self.empty_reopens += 1
+                return self._reopen()
             if self._lift_left > 0:
-                early = c.early_threshold > 0 and lifted
+                early = c.early_threshold > 0 and c.lift - self._lift_left >= c.early_from
                 if early and left >= c.min_steps_left and self._retries < c.max_retries:
                     p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
                     self.checks.append(p)
                     if p < c.early_threshold:
-                        self._phase, self._retries = "act", self._retries + 1
-                        return REOPEN.copy()
+                        return self._reopen()
                 self._lift_left -= 1
                 return LIFT.copy()
             p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
@@ -168,8 +172,7 @@ class CheckedPolicy:
             if p >= c.threshold or self._retries >= c.max_retries or not room:
                 self._phase = "end"
                 return TERMINATE_HERE.copy()
-            self._phase, self._retries = "act", self._retries + 1
-            return REOPEN.copy()
+            return self._reopen()
         if self._phase == "end":
             return TERMINATE_HERE.copy()
         a = np.asarray(self.policy.act(obs, info), dtype=np.float32).copy()
@@ -178,6 +181,11 @@ class CheckedPolicy:
             self._phase, self._lift_left = "lift", c.lift
         return a
 
+    def _reopen(self) -> np.ndarray:
+        """Open the gripper (moving one step down) and hand back to the agent: one more retry."""
+        self._phase, self._retries = "act", self._retries + 1
+        return REOPEN.copy()
+
     def _empty(self, obs: Mapping[str, Any]) -> bool:
         """Whether the encoder says the closed fingers hold nothing (always False with the reading off)."""
         if self.config.empty_opening <= 0:
@@ -185,6 +193,31 @@ class CheckedPolicy:
         if "gripper_opening" not in obs:
             raise KeyError("empty_opening needs obs['gripper_opening'] (the gripper's opening, m)")
         return float(np.asarray(obs["gripper_opening"]).reshape(-1)[0]) < self.config.empty_opening
+
+
+FIXED_SETTINGS = ("lift", "max_steps")
+"""``CheckConfig`` fields an evaluation may not override: the lift the check network was fitted at, and the
+env's step limit."""
+
+
+def parse_check_settings(pairs: list[str]) -> dict[str, int | float]:
+    """``KEY=VALUE`` strings (``rcan evaluate --check-set``) as ``CheckConfig`` overrides, typed by the
+    field; one clear error for an unknown or fixed field or a value of the wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(CheckConfig)}
+    out: dict[str, int | float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--check-set takes KEY=VALUE with KEY one of {', '.join(fields)}; got {pair!r}")
+        if key in FIXED_SETTINGS:
+            raise ValueError(f"--check-set cannot change {key!r} (fixed when the check was fitted)")
+        kind = int if fields[key].type in (int, "int") else float
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--check-set {key} needs a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+    CheckConfig(**out)  # the ranges
+    return out
 
 
 def check_path(agent_path: str | os.PathLike[str]) -> Path:

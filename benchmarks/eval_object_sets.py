@@ -50,7 +50,8 @@ def evaluate_sets(
 ) -> list[dict[str, Any]]:
     """``run_set`` for object sets first..first+sets-1, ``jobs`` at a time; their results in set order."""
     with ThreadPoolExecutor(jobs) as ex:
-        return list(ex.map(lambda s: run_set(run, s, objects, attempts, extra or []), range(first, first + sets)))
+        seeds = range(first, first + sets)
+        return list(ex.map(lambda s: run_set(run, s, objects, attempts, extra or []), seeds))
 
 
 def pool(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -57,7 +57,11 @@ def fit(run: str, data: dict[str, np.ndarray], level: int, previous: bool, epoch
         images = np.concatenate([images, data["images"][pre]], 1)
     x, s = torch.from_numpy(images), torch.from_numpy(data["states"][cur]).float()
     y = data["labels"][cur].astype(np.float32)
-    net = stacked_critic(f"{run}/agent.safetensors") if previous else load_network(f"{run}/agent.safetensors")[0]
+    net = (
+        stacked_critic(f"{run}/agent.safetensors")
+        if previous
+        else load_network(f"{run}/agent.safetensors")[0]
+    )
     act = torch.from_numpy(TERMINATE_HERE)
     train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)
 
@@ -65,7 +69,10 @@ def fit(run: str, data: dict[str, np.ndarray], level: int, previous: bool, epoch
     def val_auc() -> float:
         net.eval()
         r = val_rows
-        logits = [net(x[r[i : i + 256]], s[r[i : i + 256]], act.expand(len(r[i : i + 256]), -1)) for i in range(0, len(r), 256)]
+        logits = [
+            net(x[r[i : i + 256]], s[r[i : i + 256]], act.expand(len(r[i : i + 256]), -1))
+            for i in range(0, len(r), 256)
+        ]
         return auc(torch.sigmoid(torch.cat(logits)).numpy(), y[r])
 
     history = [val_auc()]
@@ -76,7 +83,9 @@ def fit(run: str, data: dict[str, np.ndarray], level: int, previous: bool, epoch
         order = rng.permutation(train_rows)
         for i in range(0, len(order), 32):
             r = order[i : i + 32]
-            loss = F.binary_cross_entropy_with_logits(net(_shift(x[r], 2, gen), s[r], act.expand(len(r), -1)), target[r])
+            loss = F.binary_cross_entropy_with_logits(
+                net(_shift(x[r], 2, gen), s[r], act.expand(len(r), -1)), target[r]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -86,7 +95,9 @@ def fit(run: str, data: dict[str, np.ndarray], level: int, previous: bool, epoch
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="a run whose check_data.h5 holds every lift level (train-check --early-threshold)")
+    p.add_argument(
+        "run", help="a run whose check_data.h5 holds every lift level (train-check --early-threshold)"
+    )
     p.add_argument("--levels", type=int, nargs="+", default=[2, 3])
     p.add_argument("--epochs", type=int, default=12)
     a = p.parse_args(argv)
@@ -94,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     with h5py.File(f"{a.run}/check_data.h5", "r") as f:
         data = {k: f[k][:] for k in ("images", "states", "labels", "levels", "grasps")}
     if len(np.unique(data["levels"])) < 2:
-        p.error(f"{a.run}/check_data.h5 holds one lift level; fit it with rcan train-check --early-threshold P")
+        p.error(
+            f"{a.run}/check_data.h5 holds one lift level; fit it with rcan train-check --early-threshold P"
+        )
     for level in a.levels:
         for previous in (False, True):
             h = fit(a.run, data, level, previous, a.epochs)
             name = "with the previous step's image" if previous else "one image"
-            print(f"lift step {level}, {name}: best validation AUC {max(h):.4f} ({', '.join(f'{v:.3f}' for v in h)})")
+            print(
+                f"lift step {level}, {name}: best validation AUC {max(h):.4f} ({', '.join(f'{v:.3f}' for v in h)})"
+            )
     return 0
 
 

@@ -191,7 +191,12 @@ def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
     assert r["grasp_check"]["threshold"] == 0.3 and r["grasp_check"]["lift"] == 1  # the rest: the file's
     with pytest.raises(ValueError, match="need the grasp check"):
         run_evaluation(
-            str(run), "canonical", attempts=1, out=str(tmp_path / "ev5"), check=False, check_settings={"views": 5}
+            str(run),
+            "canonical",
+            attempts=1,
+            out=str(tmp_path / "ev5"),
+            check=False,
+            check_settings={"views": 5},
         )
     assert main(["evaluate", "--agent", str(run), "--domain", "canonical", "--check-set", "lift=2"]) == 2
     assert "cannot change 'lift'" in capsys.readouterr().err

@@ -211,11 +211,11 @@ def parse_check_settings(pairs: list[str]) -> dict[str, int | float]:
             raise ValueError(f"--check-set takes KEY=VALUE with KEY one of {', '.join(fields)}; got {pair!r}")
         if key in FIXED_SETTINGS:
             raise ValueError(f"--check-set cannot change {key!r} (fixed when the check was fitted)")
-        kind = int if fields[key].type in (int, "int") else float
+        kind, noun = (int, "an integer") if fields[key].type in (int, "int") else (float, "a number")
         try:
             out[key] = kind(value)
         except ValueError:
-            raise ValueError(f"--check-set {key} needs a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+            raise ValueError(f"--check-set {key} needs {noun}, got {value!r}") from None
     CheckConfig(**out)  # the ranges
     return out
 

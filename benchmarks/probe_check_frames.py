@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from rcan.qtopt.agent import load_network
-from rcan.qtopt.grasp_check import TERMINATE_HERE, _shift, auc
+from rcan.qtopt.grasp_check import TERMINATE_HERE, _shift, auc, check_scores
 from rcan.qtopt.network import QNetwork
 
 
@@ -65,15 +65,8 @@ def fit(run: str, data: dict[str, np.ndarray], level: int, previous: bool, epoch
     act = torch.from_numpy(TERMINATE_HERE)
     train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)
 
-    @torch.no_grad()
     def val_auc() -> float:
-        net.eval()
-        r = val_rows
-        logits = [
-            net(x[r[i : i + 256]], s[r[i : i + 256]], act.expand(len(r[i : i + 256]), -1))
-            for i in range(0, len(r), 256)
-        ]
-        return auc(torch.sigmoid(torch.cat(logits)).numpy(), y[r])
+        return auc(check_scores(net, x[val_rows], s[val_rows]), y[val_rows])
 
     history = [val_auc()]
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)  # as fit_check
@@ -101,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", type=int, nargs="+", default=[2, 3])
     p.add_argument("--epochs", type=int, default=12)
     a = p.parse_args(argv)
+    if min(a.levels) < 2 or a.epochs < 1:
+        p.error("--levels must be lift steps >= 2 (each is paired with the step before) and --epochs >= 1")
     torch.set_num_threads(1)
     with h5py.File(f"{a.run}/check_data.h5", "r") as f:
         data = {k: f[k][:] for k in ("images", "states", "labels", "levels", "grasps")}

@@ -189,6 +189,15 @@ def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
     )
     assert (r["grasp_check"]["min_steps_left"], r["grasp_check"]["max_retries"]) == (3, 1)
     assert r["grasp_check"]["threshold"] == 0.3 and r["grasp_check"]["lift"] == 1  # the rest: the file's
+    with pytest.raises(ValueError, match="give the threshold once"):
+        run_evaluation(
+            str(run),
+            "canonical",
+            attempts=1,
+            out=str(tmp_path / "ev6"),
+            check_threshold=0.3,
+            check_settings={"threshold": 0.5},
+        )
     with pytest.raises(ValueError, match="need the grasp check"):
         run_evaluation(
             str(run),

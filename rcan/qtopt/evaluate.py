@@ -362,6 +362,8 @@ def run_evaluation(
     )
     if check:
         settings = dict(check_settings or {})
+        if check_threshold is not None and "threshold" in settings:
+            raise ValueError("give the threshold once: --check-threshold or --check-set threshold=, not both")
         if check_threshold is not None:
             settings["threshold"] = check_threshold
         policy = with_check(policy, path, **settings)

@@ -394,6 +394,18 @@ def _shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
     return out
 
 
+@torch.no_grad()
+def check_scores(check: QNetwork, images: torch.Tensor, states: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """The check's success estimates (eval mode) for prepared states, ``batch`` at a time."""
+    check.eval()
+    act = torch.from_numpy(TERMINATE_HERE)
+    out = [
+        check(images[i : i + batch], states[i : i + batch], act.expand(len(images[i : i + batch]), -1))
+        for i in range(0, len(images), batch)
+    ]
+    return torch.sigmoid(torch.cat(out)).numpy()
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Chance that a random positive scores above a random negative (ties half); NaN without both."""
     labels = np.asarray(labels, bool)
@@ -465,14 +477,8 @@ def fit_check(
     labels = torch.from_numpy(data["labels"].astype(np.float32))
     act = torch.from_numpy(TERMINATE_HERE)
 
-    @torch.no_grad()
     def scores(rows: np.ndarray) -> np.ndarray:
-        net.eval()
-        out = [
-            net(images[rows[i : i + 256]], states[rows[i : i + 256]], act.expand(len(rows[i : i + 256]), -1))
-            for i in range(0, len(rows), 256)
-        ]
-        return torch.sigmoid(torch.cat(out)).numpy()
+        return check_scores(net, images[rows], states[rows])
 
     y_val = data["labels"][val].astype(bool)
     history = [{"epoch": 0, "val_auc": auc(scores(val), y_val)}]

@@ -21,11 +21,11 @@ demo: $(STAMP)
 	$(VENV)/bin/rcan demo --out demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check rcan tests benchmarks
+	$(VENV)/bin/ruff check rcan tests benchmarks examples
 	$(PY) -m pytest -n 2 -p no:cacheprovider tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rcan tests benchmarks
+	$(VENV)/bin/ruff check rcan tests benchmarks examples
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements-peer.txt

@@ -40,6 +40,7 @@ def _lift(dx: float = 0.0, dyaw: float = 0.0) -> np.ndarray:
 
 
 VARIANTS: dict[str, list[np.ndarray]] = {
+    "up0": [],
     "up1": [_lift()],
     "up2": [_lift(), _lift()],
     "up3": [_lift(), _lift(), _lift()],
@@ -80,10 +81,11 @@ def probe_set(path: Path, seed: int, attempts: int) -> list[dict[str, Any]]:
                 continue
             if done:
                 continue
+            direct, _ = env.try_grasps(a[None])  # the agent's own close-and-end, as it acts when trained
             a[5] = -1.0  # close without ending
             obs, _, _, _, info = env.step(a)
             saved, kept = _branch_state(env)
-            row: dict[str, Any] = {"seed": seed, "reset_seed": int(reset_seed)}
+            row: dict[str, Any] = {"seed": seed, "reset_seed": int(reset_seed), "direct": bool(direct[0] > 0)}
             try:
                 for name, actions in VARIANTS.items():
                     for act in actions:
@@ -102,7 +104,11 @@ def probe_set(path: Path, seed: int, attempts: int) -> list[dict[str, Any]]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
+    if rows and "direct" in rows[0]:
+        out["closing and ending in one step"] = {
+            "success": round(float(np.mean([r["direct"] for r in rows])), 4)
+        }
     for name in VARIANTS:
         s = np.array([r[name]["success"] for r in rows])
         t = np.array([r[name]["touching"] for r in rows])

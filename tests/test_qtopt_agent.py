@@ -71,6 +71,28 @@ def test_policy_errors(tmp_path) -> None:
         load_agent(tmp_path / "agent.safetensors")
 
 
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"image": np.zeros((64, 64, 3), np.float32)}, "uint8"),
+        ({"image": np.zeros((128, 128, 3), np.uint8)}, "64x64x3"),
+        ({"image": np.zeros((64, 64, 4), np.uint8)}, "64x64x3"),
+        ({"image": None}, "no 'image'"),
+        ({"gripper_height": None}, "no 'gripper_height'"),
+        ({"gripper_height": np.array([np.nan])}, "one finite number"),
+        ({"gripper_closed": np.zeros(2)}, "one finite number"),
+    ],
+)
+def test_policy_refuses_a_wrong_observation(change: dict, match: str) -> None:
+    """A camera frame of another size or type, or a missing state, gets one clear message, never
+    actions computed from a misread image."""
+    policy = QTOptPolicy(QNetwork(SMALL), CEMConfig(8, 2, 1))
+    obs = {**_obs(np.random.default_rng(0)), **change}
+    obs = {k: v for k, v in obs.items() if v is not None}
+    with pytest.raises(ValueError, match=match):
+        policy.act(obs, {})
+
+
 def test_rcan_mode_concatenates_generator_output(tmp_path) -> None:
     from rcan.adapt.inference import save_generator
     from rcan.adapt.networks import define_G

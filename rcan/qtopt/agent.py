@@ -66,10 +66,32 @@ def state_images(images: np.ndarray, input_mode: str, generator: nn.Module | Non
 
 
 def obs_state(obs: Mapping[str, Any]) -> np.ndarray:
-    """The non-image state: (gripper_closed, gripper_height in metres)."""
-    return np.array(
-        [float(obs["gripper_closed"]), float(np.asarray(obs["gripper_height"]).reshape(-1)[0])], np.float32
-    )
+    """The non-image state: (gripper_closed, gripper_height in metres); one clear error if either is
+    missing or not one finite number."""
+    values = []
+    for key in ("gripper_closed", "gripper_height"):
+        if key not in obs:
+            raise ValueError(f"the observation has no {key!r} (the agent's state: gripper_closed 0/1, gripper_height m)")
+        v = np.asarray(obs[key], dtype=np.float64).reshape(-1)
+        if v.size != 1 or not np.isfinite(v[0]):
+            raise ValueError(f"obs[{key!r}] must be one finite number, got {obs[key]!r}")
+        values.append(v[0])
+    return np.array(values, np.float32)
+
+
+def check_obs_image(image: Any, size: int) -> np.ndarray:
+    """The observation's image as the agent takes it, (size, size, 3) uint8 RGB, or one clear error: a
+    camera frame of another size or type would otherwise give wrong actions or a shape error deep inside
+    the network (a float image in [0, 1] would silently read as almost black)."""
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"obs['image'] must be uint8 RGB (0-255), got dtype {a.dtype}")
+    if a.shape != (size, size, 3):
+        raise ValueError(
+            f"obs['image'] must be {size}x{size}x3 (the agent's training size, seen from its training camera), "
+            f"got shape {a.shape}"
+        )
+    return a
 
 
 VIEW_SHIFTS = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2), (2, 2), (-2, -2), (2, -2), (-2, 2))
@@ -162,7 +184,10 @@ class QTOptPolicy:
     def prepare(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """(network image (C, H, W) uint8, state (2,)) for one observation; with ``first_frame``, the first
         observation since ``reset`` is kept and stacked on every later one."""
-        image = state_images(obs["image"][None], self.input_mode, self.generator)[0]
+        if "image" not in obs:
+            raise ValueError("the observation has no 'image'")
+        rgb = check_obs_image(obs["image"], self.network.config.image_size)
+        image = state_images(rgb[None], self.input_mode, self.generator)[0]
         if self.network.config.first_frame:
             if self._first is None:
                 self._first = image

@@ -11,7 +11,9 @@ cost grasps that would have held. Both are measured here, with the simulator as 
 For each test-object attempt the agent (its default acting mode, no check) acts until it closes and
 terminates; the closing is made without terminating, and from that closed state each lift variant is
 played (``env.step``) and judged (``try_grasps``: lift to 30 cm and test), the world put back between
-variants. Per variant: the success of terminating after it, the share of the failures in which no finger
+variants (``up0``: ending right after the separate closing step; the agent's own close-and-end in one
+step is judged too, from the state before its closing step: whether a grip needs time to build before
+the lift). Per variant: the success of terminating after it, the share of the failures in which no finger
 touches an object any more (visible), and the AUC against the outcome of two privileged signals (a finger
 touches an object; the highest object's lowest point). Privileged; a probe, never a product path.
 

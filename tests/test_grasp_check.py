@@ -216,6 +216,35 @@ def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
     assert main(["train-check", "--agent", str(tmp_path / "missing")]) == 2
 
 
+def test_fit_check_stops_at_its_deadline_with_the_minimum(tmp_path) -> None:
+    """A training run's overall budget (``budget_minutes``) ends the collection early: the check is fitted
+    on the grasps it got, stored as their own count, and a rerun asking for the full count collects again."""
+    import time
+
+    torch.manual_seed(0)
+    run = tmp_path / "agent"
+    save_agent(run / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    s = fit_check(run, grasps=20, lift=1, epochs=1, jobs=1, deadline=time.time() - 1, min_grasps=10)
+    assert s["grasps"] == 10 and s["grasps_asked"] == 20
+    mtime = (run / "check_data.h5").stat().st_mtime_ns
+    s = fit_check(run, grasps=20, lift=1, epochs=1, jobs=1)  # no deadline: the full count, collected anew
+    assert s["grasps"] == 20 and (run / "check_data.h5").stat().st_mtime_ns != mtime
+
+
+def test_the_overall_budget_must_leave_room_for_the_check() -> None:
+    from rcan.qtopt.args import make_args
+
+    assert make_args("default").budget_minutes == 120.0 and make_args("paper").budget_minutes == 0.0
+    with pytest.raises(ValueError, match="budget_minutes=120"):
+        make_args("default", minutes=0.0)  # no training limit, yet a 2-hour budget: refused
+    with pytest.raises(ValueError, match="budget_minutes=120"):
+        make_args("default", minutes=118.0)  # too little left for the check
+    with pytest.raises(ValueError, match="budget_minutes must be >= 0"):
+        make_args("default", budget_minutes=-1.0)
+    assert make_args("default", minutes=0.0, budget_minutes=0.0).minutes == 0.0
+    assert make_args("default", minutes=0.0, check_grasps=0).minutes == 0.0  # no check: nothing to leave room for
+
+
 def test_train_agent_fits_the_check_after_training_but_not_after_finetuning(tmp_path) -> None:
     from rcan.qtopt.args import make_args
     from rcan.qtopt.train import train

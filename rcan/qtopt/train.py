@@ -670,8 +670,12 @@ def train(args: TrainArgs) -> dict[str, Any]:
     finally:
         trainer.close()
     if args.check_grasps > 0 and not args.finetune_from and summary["finished"]:
-        from rcan.qtopt.grasp_check import fit_check
+        from rcan.qtopt.grasp_check import CHECK_FIT_MINUTES, fit_check
 
+        deadline = None  # when the check's collection must stop to keep the whole run in budget_minutes
+        if args.budget_minutes > 0:
+            left = args.budget_minutes - summary["minutes"] - CHECK_FIT_MINUTES
+            deadline = time.time() + max(0.0, left) * 60.0
         summary["check"] = fit_check(
             summary["agent"],
             grasps=args.check_grasps,
@@ -680,6 +684,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
             seed=args.seed,
             generator=args.generator,
             threshold=args.check_threshold,
+            deadline=deadline,
         )
     return summary
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
-from rcan.qtopt.evaluate import ASSET_AGENT, make_eval_env, reset_seeds
+from rcan.qtopt.evaluate import ASSET_AGENT, protocol_scenes
 from rcan.qtopt.grasp_check import LIFT, TERMINATE_HERE, auc
 
 
@@ -66,42 +66,36 @@ def _restore(env: Any, saved: int, kept: tuple) -> None:
 
 def probe_set(path: Path, seed: int, attempts: int) -> list[dict[str, Any]]:
     policy = load_agent(path, seed=seed)
-    env = make_eval_env("canonical", seed, policy.network.config.image_size, camera=policy.camera)
     rows = []
-    try:
-        for reset_seed in reset_seeds(seed, attempts):
-            obs, info = env.reset(seed=reset_seed)
-            policy.reset(info)
-            for _ in range(env.max_steps - 4):
-                a = np.asarray(policy.act(obs, info), dtype=np.float32).copy()
-                if a[4] > 0 and a[5] > 0:
-                    break
-                obs, _, done, _, info = env.step(a)
-                if done:
-                    break
-            else:
-                continue
+    for env, obs, info, reset_seed in protocol_scenes(policy, seed, attempts):
+        for _ in range(env.max_steps - 4):
+            a = np.asarray(policy.act(obs, info), dtype=np.float32).copy()
+            if a[4] > 0 and a[5] > 0:
+                break
+            obs, _, done, _, info = env.step(a)
             if done:
-                continue
-            direct, _ = env.try_grasps(a[None])  # the agent's own close-and-end, as it acts when trained
-            a[5] = -1.0  # close without ending
-            obs, _, _, _, info = env.step(a)
-            saved, kept = _branch_state(env)
-            row: dict[str, Any] = {"seed": seed, "reset_seed": int(reset_seed), "direct": bool(direct[0] > 0)}
-            try:
-                for name, actions in VARIANTS.items():
-                    for act in actions:
-                        env.step(act)
-                    touching = bool(env.holding())
-                    highest = float(np.max(env.cell.object_min_z()))
-                    reward, _ = env.try_grasps(TERMINATE_HERE[None])
-                    row[name] = {"success": bool(reward[0] > 0), "touching": touching, "highest": highest}
-                    _restore(env, saved, kept)
-            finally:
-                env.client.removeState(saved)
-            rows.append(row)
-    finally:
-        env.close()
+                break
+        else:
+            continue
+        if done:
+            continue
+        direct, _ = env.try_grasps(a[None])  # the agent's own close-and-end, as it acts when trained
+        a[5] = -1.0  # close without ending
+        obs, _, _, _, info = env.step(a)
+        saved, kept = _branch_state(env)
+        row: dict[str, Any] = {"seed": seed, "reset_seed": int(reset_seed), "direct": bool(direct[0] > 0)}
+        try:
+            for name, actions in VARIANTS.items():
+                for act in actions:
+                    env.step(act)
+                touching = bool(env.holding())
+                highest = float(np.max(env.cell.object_min_z()))
+                reward, _ = env.try_grasps(TERMINATE_HERE[None])
+                row[name] = {"success": bool(reward[0] > 0), "touching": touching, "highest": highest}
+                _restore(env, saved, kept)
+        finally:
+            env.client.removeState(saved)
+        rows.append(row)
     return rows
 
 

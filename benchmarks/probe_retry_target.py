@@ -23,7 +23,7 @@ import torch
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
 from rcan.qtopt.collectors import starts_a_grasp
-from rcan.qtopt.evaluate import make_eval_env, reset_seeds
+from rcan.qtopt.evaluate import protocol_scenes
 from rcan.qtopt.grasp_check import with_check
 
 
@@ -34,39 +34,33 @@ def run_set(agent: str, seed: int, attempts: int) -> list[dict[str, Any]]:
     path = resolve_agent_path(agent)
     policy = with_check(load_agent(path, seed=seed), path)
     threshold = policy.config.threshold if hasattr(policy, "config") else 1.0
-    env = make_eval_env("canonical", seed, policy.network.config.image_size, camera=policy.camera)
     rows = []
-    try:
-        for reset_seed in reset_seeds(seed, attempts):
-            obs, info = env.reset(seed=reset_seed)
-            policy.reset(info)
-            done, closings = False, []
-            while not done:
-                a = np.asarray(policy.act(obs, info), dtype=np.float32)
-                if starts_a_grasp(np.asarray(obs["gripper_closed"]).any(), a[4]):
-                    pos = env.object_positions()[:, :2].copy()
-                    point = env.commanded_point(a)[:2]
-                    d = np.linalg.norm(pos - point, axis=1)
-                    closings.append(
-                        {
-                            "object": int(np.argmin(d)),
-                            "distance": float(d.min()),
-                            "objects": pos,
-                            "point": point,
-                        }
-                    )
-                obs, _, done, _, info = env.step(a)
-            checks = list(getattr(policy, "checks", []))
-            rows.append(
-                {
-                    "success": bool(info.get("is_success", False)),
-                    "checks": checks,
-                    "closings": closings,
-                    "rejected_first": bool(checks) and checks[0] < threshold,
-                }
-            )
-    finally:
-        env.close()
+    for env, obs, info, _ in protocol_scenes(policy, seed, attempts):
+        done, closings = False, []
+        while not done:
+            a = np.asarray(policy.act(obs, info), dtype=np.float32)
+            if starts_a_grasp(np.asarray(obs["gripper_closed"]).any(), a[4]):
+                pos = env.object_positions()[:, :2].copy()
+                point = env.commanded_point(a)[:2]
+                d = np.linalg.norm(pos - point, axis=1)
+                closings.append(
+                    {
+                        "object": int(np.argmin(d)),
+                        "distance": float(d.min()),
+                        "objects": pos,
+                        "point": point,
+                    }
+                )
+            obs, _, done, _, info = env.step(a)
+        checks = list(getattr(policy, "checks", []))
+        rows.append(
+            {
+                "success": bool(info.get("is_success", False)),
+                "checks": checks,
+                "closings": closings,
+                "rejected_first": bool(checks) and checks[0] < threshold,
+            }
+        )
     return rows
 
 

@@ -11,7 +11,14 @@ import torch
 
 from rcan.qtopt.agent import QTOptPolicy, load_agent, load_network, load_networks, save_agent, state_images
 from rcan.qtopt.cem import CEMConfig
-from rcan.qtopt.evaluate import evaluate_policy, run_evaluation, save_frame_strip, wilson_interval
+from rcan.qtopt.evaluate import (
+    evaluate_policy,
+    protocol_scenes,
+    reset_seeds,
+    run_evaluation,
+    save_frame_strip,
+    wilson_interval,
+)
 from rcan.qtopt.network import QNetConfig, QNetwork
 
 SMALL = QNetConfig(channels=(8, 8), strides=(4, 2), fuse_channels=6, head_channels=4, fc_hidden=8)
@@ -495,3 +502,10 @@ def test_agent_file_carries_its_view_shifts_and_rerank(tmp_path) -> None:
         make_args("tiny", rerank=-1)
     old = args_from_json('{"input": "canonical"}')  # a run saved before the options acted with one view
     assert (old.view_shifts, old.rerank) == (1, 0)
+
+
+def test_protocol_scenes_replay_the_evaluation_resets() -> None:
+    """Probes that drive the env themselves see the scenes ``rcan evaluate`` sees."""
+    policy = QTOptPolicy(QNetwork(SMALL), CEMConfig(8, 2, 1))
+    seen = [(rs, obs["image"].shape) for _, obs, _, rs in protocol_scenes(policy, 3, 2)]
+    assert [rs for rs, _ in seen] == reset_seeds(3, 2) and seen[0][1] == (64, 64, 3)

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,22 @@ def reset_seeds(seed: int, attempts: int) -> list[int]:
     protocol take them from here, so that they see the scenes ``rcan evaluate`` sees."""
     rng = np.random.default_rng([seed, 6])
     return [int(rng.integers(2**31)) for _ in range(attempts)]
+
+
+def protocol_scenes(
+    policy: Any, seed: int, attempts: int, domain: str = "canonical"
+) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any], int]]:
+    """The protocol's scenes for probes that drive the env themselves: the env of object set ``seed``
+    (the policy's image size and camera), reset with each attempt's seed and the policy reset with it;
+    yields (env, obs, info, reset seed) per attempt and closes the env at the end."""
+    env = make_eval_env(domain, seed, policy.network.config.image_size, camera=policy.camera)
+    try:
+        for reset_seed in reset_seeds(seed, attempts):
+            obs, info = env.reset(seed=reset_seed)
+            policy.reset(info)
+            yield env, obs, info, reset_seed
+    finally:
+        env.close()
 
 
 def evaluate_policy(

@@ -526,12 +526,12 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError(f"check_grasps must be 0 (no check) or >= 10, got {args.check_grasps}")
     if args.budget_minutes < 0:
         raise ValueError(f"budget_minutes must be >= 0 (0: no overall limit), got {args.budget_minutes}")
-    room = CHECK_MIN_MINUTES
     fits_check = args.check_grasps > 0 and not args.finetune_from  # no check after finetuning
-    if args.budget_minutes > 0 and fits_check and not 0 < args.minutes <= args.budget_minutes - room:
+    most = args.budget_minutes - CHECK_MIN_MINUTES  # the training minutes that leave the check its room
+    if args.budget_minutes > 0 and fits_check and not 0 < args.minutes <= most:
         raise ValueError(
             f"budget_minutes={args.budget_minutes:g} (training and the grasp check together) needs minutes > 0 "
-            f"and at most {args.budget_minutes - room:g}, got minutes={args.minutes:g}; "
+            f"and at most {most:g}, got minutes={args.minutes:g}; "
             "set budget_minutes=0 for no overall limit"
         )
     from rcan.qtopt.grasp_check import CheckConfig

@@ -296,10 +296,10 @@ def _collect(job: tuple[str, int, int, int, str | None, bool, float | None, int]
         with tqdm(
             total=n, desc=f"lifted grasps ({worker})", unit="grasp", position=worker, leave=False
         ) as bar:
-            while len(set(grasp_ids)) < n:
-                if deadline is not None and time.time() >= deadline and len(set(grasp_ids)) >= n_min:
+            while (got := len(set(grasp_ids))) < n:
+                if deadline is not None and time.time() >= deadline and got >= n_min:
                     break  # out of time: fewer grasps
-                if env is None or len(set(grasp_ids)) % 20 == 0:
+                if env is None or got % 20 == 0:
                     if env is not None:
                         env.close()
                     env = make_eval_env(

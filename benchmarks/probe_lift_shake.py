@@ -41,6 +41,10 @@ def _lift(dx: float = 0.0, dyaw: float = 0.0) -> np.ndarray:
     return a
 
 
+HOLD = np.array([0, 0, 0, 0, 1, -1], dtype=np.float32)
+"""A step in place with the gripper closed: the grasp carries the object's weight for one more step without
+rising (a reopening from there needs fewer steps back down than from a higher lift)."""
+
 VARIANTS: dict[str, list[np.ndarray]] = {
     "up0": [],
     "up1": [_lift()],
@@ -50,6 +54,9 @@ VARIANTS: dict[str, list[np.ndarray]] = {
     "up2-wiggle": [_lift(dyaw=1.0), _lift(dyaw=-1.0)],
     "up2-side": [_lift(), _lift(dx=1.0)],
     "up2-shake": [_lift(dx=1.0), _lift(dx=-1.0)],
+    "up1-hold1": [_lift(), HOLD],
+    "up1-hold2": [_lift(), HOLD, HOLD],
+    "up2-hold1": [_lift(), _lift(), HOLD],
 }
 
 

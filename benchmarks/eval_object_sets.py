@@ -55,13 +55,20 @@ def evaluate_sets(
 
 
 def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the sets' attempts, successes, failure kinds and yaw counts."""
+    """Sum the sets' attempts, successes, failure kinds, check outcomes (agents with a check) and yaw
+    counts."""
     k = sum(r["successes"] for r in results)
     n = sum(r["attempts"] for r in results)
     failures: dict[str, int] = {}
     for r in results:
         for name, v in r["failures"].items():
             failures[name] = failures.get(name, 0) + v
+    checks: dict[str, int] | None = None
+    for r in results:
+        if r.get("checks"):
+            checks = checks or {}
+            for name, v in r["checks"].items():
+                checks[name] = checks.get(name, 0) + v
     within = sum(r["yaw"]["closings_within_30"] or 0 for r in results)
     return {
         "attempts": n,
@@ -70,6 +77,7 @@ def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
         "wilson95": list(wilson_interval(k, n)),
         "per_set": {str(r["seed"]): r["success_rate"] for r in results},
         "failures": failures,
+        "checks": checks,
         "closings_within_30": within,
         "mean_steps": sum(r["mean_steps"] * r["attempts"] for r in results) / n,
     }
@@ -112,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['attempts']} attempts; per set {sets}; failures {summary['failures']}; "
         f"{summary['closings_within_30']} closings within 30 deg of the wall-parallel yaw"
     )
+    if summary["checks"]:
+        print(f"grasp check: {summary['checks']}")
     return 0
 
 

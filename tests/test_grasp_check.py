@@ -91,6 +91,7 @@ def test_an_empty_grasp_reopens_until_retries_or_steps_run_out() -> None:
     reopened = [i for i, a in enumerate(actions) if np.array_equal(a, REOPEN)]
     assert reopened == [4, 9]  # close at 3, lift at 4, check -> reopen at step 5; again 5 steps later
     assert len(p.checks) == 2 and all(c == pytest.approx(0.1) for c in p.checks)
+    assert p.decisions == ["reopen", "reopen"]
     np.testing.assert_array_equal(actions[-1], CLOSE_AND_END)  # no retry left: the agent's own ending
     # near the step limit: no reopening, the attempt ends as it is
     late = CheckedPolicy(
@@ -113,13 +114,95 @@ def test_a_late_reopening_leaves_the_last_closing_unchecked() -> None:
     p = CheckedPolicy(ClosesAtThird(), Constant(0.1), cfg)
     acts = _run(p)
     assert [i for i, a in enumerate(acts) if np.array_equal(a, REOPEN)] == [4, 9, 14]
-    assert len(acts) == 18 and len(p.checks) == 3
+    assert len(acts) == 18 and len(p.checks) == 3 and p.decisions == ["reopen"] * 3
     np.testing.assert_array_equal(acts[-1], CLOSE_AND_END)  # the last closing ends the attempt as is
     for check, config in ((0.1, CheckConfig(lift=1, max_steps=18)), (0.5, cfg)):  # off / not plainly empty
-        acts = _run(CheckedPolicy(ClosesAtThird(), Constant(check), config))
+        q = CheckedPolicy(ClosesAtThird(), Constant(check), config)
+        acts = _run(q)
         assert len(acts) == 15 and np.array_equal(acts[-1], TERMINATE_HERE)
+        assert q.decisions == ["reopen", "reopen", "end"]  # below the threshold, but no room: ended
     with pytest.raises(ValueError):
         CheckConfig(late_min_steps_left=1)
+
+
+class Wanders:
+    """A stand-in agent that never closes; its best closing (``act_prepared`` with close and end held) is
+    CLOSE_AND_END."""
+
+    network = QNetwork(SMALL)
+
+    def reset(self, info=None) -> None:
+        pass
+
+    def prepare(self, obs):
+        return np.zeros((3, 64, 64), np.uint8), np.zeros(2, np.float32)
+
+    def act(self, obs, info=None) -> np.ndarray:
+        return MOVE.copy()
+
+    def act_prepared(self, image, state, fixed=None, generator=None):
+        assert fixed == {4: 1.0, 5: 1.0} and generator is not None
+        return CLOSE_AND_END.copy(), 0.5
+
+
+def _steps(policy: CheckedPolicy, closed: float = 0.0) -> list[np.ndarray]:
+    """An attempt of at most 20 steps with the gripper reported open (or closed) throughout."""
+    policy.reset({})
+    out = []
+    for _ in range(20):
+        out.append(policy.act({"gripper_closed": np.array([closed], np.float32)}, {}))
+        if out[-1][5] > 0:
+            break
+    return out
+
+
+def test_a_closing_is_taken_for_an_agent_that_would_end_with_the_gripper_open() -> None:
+    p = CheckedPolicy(Wanders(), Constant(0.9), CheckConfig())  # on by default
+    acts = _steps(p)
+    assert len(acts) == 20 and p.forced_closings == 1  # the last step closes where the critic likes best
+    np.testing.assert_array_equal(acts[-1], CLOSE_AND_END)
+    assert all(np.array_equal(a, MOVE) for a in acts[:-1])
+    off = CheckedPolicy(Wanders(), Constant(0.9), CheckConfig(last_close=False))
+    assert off.forced_closings == 0 and all(np.array_equal(a, MOVE) for a in _steps(off))
+    closed = CheckedPolicy(Wanders(), Constant(0.9), CheckConfig(last_close=True))
+    assert all(np.array_equal(a, MOVE) for a in _steps(closed, closed=1.0))  # nothing new to grasp
+
+    late = CheckedPolicy(Wanders(), Constant(0.9), CheckConfig(close_by=10, lift=3))
+    acts = _steps(late)
+    np.testing.assert_allclose(acts[9], [0.1, 0.2, -1, 0, 1, -1])  # the 10th step: closed, then checked
+    assert [np.array_equal(a, LIFT) for a in acts[10:13]] == [True] * 3
+    np.testing.assert_array_equal(acts[13], TERMINATE_HERE)
+    assert late.forced_closings == 1 and late.decisions == ["accept"]
+    with pytest.raises(ValueError, match="close_by"):
+        CheckConfig(close_by=-1)
+    assert parse_check_settings(["last_close=true", "close_by=9"]) == {"last_close": True, "close_by": 9}
+    with pytest.raises(ValueError, match="true or false"):
+        parse_check_settings(["last_close=maybe"])
+
+
+def test_check_summary_sorts_a_checked_agents_attempts() -> None:
+    from rcan.qtopt.evaluate import check_summary
+
+    attempts = [
+        {"success": True, "check_decisions": ["accept"]},
+        {"success": False, "check_decisions": ["accept"]},
+        {"success": True, "check_decisions": ["reopen", "accept"]},
+        {"success": False, "check_decisions": ["reopen"]},  # its retry, unchecked, failed
+        {"success": False, "check_decisions": ["early-pass", "early-reopen", "end"]},
+        {"success": False, "check_decisions": []},
+        {"success": True, "check_decisions": ["early-pass", "accept"]},
+    ]
+    assert check_summary(attempts) == {
+        "first_accepted": 3,
+        "held_after_first_accept": 2,
+        "first_reopened": 3,
+        "succeeded_after_first_reopen": 1,
+        "failed_accepted": 1,
+        "failed_after_reopen": 1,
+        "failed_ended_below_threshold": 1,
+        "failed_unchecked": 1,
+    }
+    assert check_summary([{"success": True}]) is None  # an agent without a check
 
 
 def test_check_config_and_auc_checks() -> None:
@@ -171,8 +254,10 @@ def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
 
     r = run_evaluation(str(run), "canonical", attempts=2, seed=0, out=str(tmp_path / "ev"))
     assert r["grasp_check"]["lift"] == 1 and all("checks" in a for a in r["per_attempt"])
+    assert all(len(a["check_decisions"]) == len(a["checks"]) for a in r["per_attempt"])
+    assert sum(r["checks"][k] for k in r["checks"] if k.startswith("failed")) == 2 - r["successes"]
     r = run_evaluation(str(run), "canonical", attempts=1, seed=0, out=str(tmp_path / "ev2"), check=False)
-    assert r["grasp_check"] is None and "checks" not in r["per_attempt"][0]
+    assert r["grasp_check"] is None and "checks" not in r["per_attempt"][0] and r["checks"] is None
     with pytest.raises(ValueError, match="need the grasp check"):
         run_evaluation(
             str(run), "canonical", attempts=1, out=str(tmp_path / "ev3"), check=False, check_threshold=0.5
@@ -280,6 +365,7 @@ def test_an_early_check_reopens_after_the_first_lift_step() -> None:
         and acts[6][5] > 0
         and len(held.checks) == 3
     )
+    assert p.decisions == ["early-reopen"] and held.decisions == ["early-pass", "early-pass", "accept"]
     with pytest.raises(ValueError):
         CheckConfig(early_threshold=-0.1)
 

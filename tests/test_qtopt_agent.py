@@ -386,6 +386,26 @@ def test_rerank_rescores_the_one_view_search_on_all_views() -> None:
         QTOptPolicy(net, rerank=-1)
 
 
+def test_act_prepared_holds_fixed_dimensions_and_can_draw_from_another_generator() -> None:
+    torch.manual_seed(0)
+    net = QNetwork(SMALL).eval()
+    obs = _obs(np.random.default_rng(6))
+    for rerank, views in ((0, 1), (8, 5)):
+        policy = QTOptPolicy(net, CEMConfig(16, 4, 2), seed=3, view_shifts=views, rerank=rerank)
+        twin = QTOptPolicy(net, CEMConfig(16, 4, 2), seed=3, view_shifts=views, rerank=rerank)
+        image, state = policy.prepare(obs)
+        a, q = policy.act_prepared(image, state, fixed={4: 1.0, 5: 1.0}, generator=torch.Generator().manual_seed(9))
+        assert a[4] == 1.0 and a[5] == 1.0 and 0.0 < q < 1.0
+        with torch.no_grad():  # its Q is the critic's for the action returned, held dimensions included
+            logit = net(torch.from_numpy(image)[None], torch.from_numpy(state)[None], torch.from_numpy(a)[None])
+        if views == 1:
+            assert q == pytest.approx(float(torch.sigmoid(logit[0])), abs=1e-5)
+        # the policy's own stream was not drawn from: its next action is its twin's
+        np.testing.assert_array_equal(policy.act_prepared(image, state)[0], twin.act_prepared(image, state)[0])
+    with pytest.raises(ValueError, match="fixed action dimensions"):
+        policy.act_prepared(image, state, fixed={6: 1.0})
+
+
 def test_ensemble_averages_the_critics(tmp_path) -> None:
     torch.manual_seed(0)
     a, b = QNetwork(SMALL).eval(), QNetwork(SMALL).eval()

@@ -195,8 +195,22 @@ class QTOptPolicy:
         return image, obs_state(obs)
 
     @torch.no_grad()
-    def act_prepared(self, image: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
-        """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate)."""
+    def act_prepared(
+        self,
+        image: np.ndarray,
+        state: np.ndarray,
+        fixed: Mapping[int, float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """Greedy action by CEM for a prepared state, and its Q value (a success probability estimate).
+        ``fixed``: action dimensions held at given values while the others are searched (e.g. {4: 1, 5: 1}:
+        the best closing that ends the attempt, wherever the critic would rather move). ``generator``: draw
+        CEM's samples from it instead of the policy's own (an extra search then leaves the policy's stream
+        of random numbers, and so its other actions, as they would have been)."""
+        hold = list((fixed or {}).items())
+        for dim, _ in hold:
+            if not 0 <= dim < 6:
+                raise ValueError(f"fixed action dimensions are 0..5, got {dim}")
         views = shifted_views(torch.from_numpy(image)[None], self.view_shifts)
         nets = self.networks[: self.search_critics] if self.rerank and self.search_critics else self.networks
         rerank = self.rerank if len(views) > 1 or len(nets) < len(self.networks) else 0
@@ -206,6 +220,10 @@ class QTOptPolicy:
         scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # what the search scored, for re-ranking
 
         def score(c: torch.Tensor, feats: list[torch.Tensor] = feats, nets: list[QNetwork] = nets) -> torch.Tensor:
+            if hold:
+                c = c.clone()
+                for dim, value in hold:
+                    c[..., dim] = value
             m = len(feats[0])
             s, cm = s1.expand(m, -1), c.expand(m, -1, -1)
             logits = [net.head(f, s, cm).mean(0, keepdim=True) for net, f in zip(nets, feats, strict=True)]
@@ -214,7 +232,7 @@ class QTOptPolicy:
                 scored.append((c[0], out[0]))
             return out
 
-        a, logit = cem_maximize(score, 1, self.cem, generator=self.torch_rng)
+        a, logit = cem_maximize(score, 1, self.cem, generator=generator or self.torch_rng)
         if rerank:
             cands = torch.cat([c for c, _ in scored])
             top = cands[torch.cat([q for _, q in scored]).topk(min(self.rerank, len(cands))).indices]
@@ -225,6 +243,9 @@ class QTOptPolicy:
             q = score(top[None], feats_all, self.networks)[0]
             best = int(q.argmax())
             a, logit = top[best : best + 1], q[best : best + 1]
+        a = a.clone()
+        for dim, value in hold:  # CEM returns its sampled candidate; the score saw the held values
+            a[:, dim] = value
         return a[0].numpy().astype(np.float32), float(torch.sigmoid(logit[0]))
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:

@@ -283,9 +283,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     t = r["retries"]
     n = t["attempts_with_retries"]
     print(
-        f"grasps per attempt: {t['mean_grasps']:.2f}; {n} attempt{'' if n == 1 else 's'} reopened and "
-        f"grasped again, {t['successes_after_a_retry']} of {'it' if n == 1 else 'them'} succeeded"
+        f"grasps per attempt: {t['mean_grasps']:.2f} (closings of the open gripper, in the air too); "
+        f"{n} attempt{'' if n == 1 else 's'} closed more than once, "
+        f"{t['successes_after_a_retry']} of {'it' if n == 1 else 'them'} succeeded"
     )
+    c = r.get("checks")
+    if c:
+        print(
+            f"grasp check: first grasp accepted in {c['first_accepted']} attempts "
+            f"({c['held_after_first_accept']} held), reopened in {c['first_reopened']} "
+            f"({c['succeeded_after_first_reopen']} succeeded later); failures: {c['failed_accepted']} "
+            f"accepted and lost, {c['failed_after_reopen']} failed after the last reopening, "
+            f"{c['failed_ended_below_threshold']} ended below the threshold (no room left), "
+            f"{c['failed_unchecked']} never checked"
+        )
     y = r["yaw"]
     if y["mean_offset_successes"] is not None or y["mean_offset_failures"] is not None:
         print(

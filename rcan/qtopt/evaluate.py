@@ -160,7 +160,9 @@ def evaluate_policy(
             row = {"success": success, "steps": steps, "grasps": grasps, **close}
             if hasattr(policy, "checks"):  # a CheckedPolicy: its success estimates at each check
                 row["checks"] = [round(float(p), 4) for p in policy.checks]
+                row["check_decisions"] = list(getattr(policy, "decisions", []))
                 row["empty_reopens"] = int(getattr(policy, "empty_reopens", 0))
+                row["forced_closings"] = int(getattr(policy, "forced_closings", 0))
             per_attempt.append(row)
             if closing:
                 closings.append({**closing, "success": success, "attempt": i})
@@ -183,6 +185,7 @@ def evaluate_policy(
         "mean_steps": float(np.mean([a["steps"] for a in per_attempt])),
         "failures": failure_breakdown(per_attempt),
         "retries": retry_summary(per_attempt),
+        "checks": check_summary(per_attempt),
         "yaw": yaw_summary(per_attempt),
         "per_attempt": per_attempt,
         "frames": frames,
@@ -250,6 +253,51 @@ def retry_summary(per_attempt: list[dict[str, Any]]) -> dict[str, float | int]:
         "attempts_with_retries": len(again),
         "successes_after_a_retry": sum(bool(a["success"]) for a in again),
     }
+
+
+def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Where a checked agent (``CheckedPolicy``) wins and loses, from each attempt's check decisions (None
+    for an agent without a check): its first decision (accepted, or reopened for a retry) and how those
+    attempts ended, and the failures by kind: a grasp the check accepted and lost; a retry after the
+    last reopening that failed (too late to be checked, or no closing at all); a grasp below the threshold
+    ended for want of steps or retries; no grasp checked at all."""
+    rows = [a for a in per_attempt if "check_decisions" in a]
+    if not rows:
+        return None
+    out = dict.fromkeys(
+        [
+            "first_accepted",
+            "held_after_first_accept",
+            "first_reopened",
+            "succeeded_after_first_reopen",
+            "failed_accepted",
+            "failed_after_reopen",
+            "failed_ended_below_threshold",
+            "failed_unchecked",
+        ],
+        0,
+    )
+    for a in rows:
+        decided = [x for x in a["check_decisions"] if x != "early-pass"]  # a pass decides nothing yet
+        first = decided[0] if decided else None
+        if first == "accept":
+            out["first_accepted"] += 1
+            out["held_after_first_accept"] += bool(a["success"])
+        elif first in ("reopen", "early-reopen"):
+            out["first_reopened"] += 1
+            out["succeeded_after_first_reopen"] += bool(a["success"])
+        if a["success"]:
+            continue
+        last = decided[-1] if decided else None
+        if last is None:
+            out["failed_unchecked"] += 1
+        elif last == "accept":
+            out["failed_accepted"] += 1
+        elif last == "end":
+            out["failed_ended_below_threshold"] += 1
+        else:
+            out["failed_after_reopen"] += 1
+    return out
 
 
 def save_frame_strip(

@@ -95,6 +95,18 @@ class CheckConfig:
     """Average the check's logit over this many shifted copies of the image (1: the image alone). Measured
     on the test objects' checks (``benchmarks/score_check.py``): AUC 0.936 -> 0.936 (shipped agent) and
     0.944 -> 0.952 (fifth seed) with 5 views; not a lever, since a never-wrong check adds 1-2 points."""
+    close_by: int = 0
+    """If the agent has not closed the open gripper for a checked grasp by this step of the attempt
+    (1-based; 0: off), take the best closing the critic sees from there instead of its move (CEM over the
+    moves with close and end held on), then lift and check it as usual. Why: 5-7% of the shipped agent's
+    attempts close too late for a retry or not at all (hovering near the floor). Measured on the shipped
+    agent over five object sets (2026-12-06): 85.1% (10) and 85.9% (9) against 87.5% off: the forced
+    closings also pre-empt closings the agent was still aiming; off by default."""
+    last_close: bool = True
+    """On the attempt's last step with the gripper open and the agent not closing, take the best closing
+    instead of its move: an attempt that ends with the gripper open has failed, a closing there may hold
+    something. Measured on the shipped agent over 15 object sets (2026-12-06): 52 such closings, 14 held;
+    85.9% against 85.1% without (sets 0-4: 88.6% against 87.5%)."""
     empty_opening: float = 0.0
     """Read the gripper's opening (``obs["gripper_opening"]``, its position encoder) after each lift step:
     below this gap (m) nothing is between the fingers, the grasp has certainly failed, and the gripper
@@ -111,6 +123,8 @@ class CheckConfig:
             raise ValueError(f"the check's early_from must be a lift step in [1, lift], got {self}")
         if self.late_min_steps_left < 2:
             raise ValueError(f"late_min_steps_left must be >= 2 (reopen, then close), got {self}")
+        if self.close_by < 0:
+            raise ValueError(f"the check's close_by is a step of the attempt (0: off), got {self.close_by}")
         if not 0.0 <= self.empty_opening < 0.1:
             raise ValueError(f"the check's empty_opening is a gap in metres in [0, 0.1), got {self.empty_opening}")
         for name in ("threshold", "early_threshold", "late_threshold"):
@@ -137,9 +151,17 @@ class CheckedPolicy:
         self.policy, self.check, self.config = policy, check.eval(), config or CheckConfig()
         self.checks: list[float] = []
         """This attempt's check estimates, in order (a retry follows each one below the threshold)."""
+        self.decisions: list[str] = []
+        """What each of ``checks`` decided (same order): ``accept`` (end the attempt), ``reopen`` (retry),
+        ``end`` (below the threshold but no room or retries left: end anyway); early checks
+        (``early_threshold``) ``early-reopen`` or ``early-pass`` (lift on)."""
         self.empty_reopens = 0
         """This attempt's reopenings on an empty gripper (``CheckConfig.empty_opening``)."""
+        self.forced_closings = 0
+        """This attempt's closings taken for the agent (``CheckConfig.close_by`` and ``last_close``)."""
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
+        self._checked_once = False
+        self._force_rng = torch.Generator().manual_seed(0)  # the agent's own stream stays as it was
 
     def __getattr__(self, name: str) -> Any:
         if name == "policy":  # not set yet (copying, unpickling): no recursion
@@ -148,8 +170,9 @@ class CheckedPolicy:
 
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
         self.policy.reset(info)
-        self.checks, self.empty_reopens = [], 0
+        self.checks, self.decisions, self.empty_reopens, self.forced_closings = [], [], 0, 0
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
+        self._checked_once = False
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
         self._step += 1
@@ -167,6 +190,7 @@ class CheckedPolicy:
                 if early and left >= c.min_steps_left and self._retries < c.max_retries:
                     p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
                     self.checks.append(p)
+                    self.decisions.append("early-reopen" if p < c.early_threshold else "early-pass")
                     if p < c.early_threshold:
                         return self._reopen()
                 self._lift_left -= 1
@@ -175,16 +199,35 @@ class CheckedPolicy:
             self.checks.append(p)
             room = left >= c.min_steps_left or (left >= c.late_min_steps_left and p < c.late_threshold)
             if p >= c.threshold or self._retries >= c.max_retries or not room:
+                self.decisions.append("accept" if p >= c.threshold else "end")
                 self._phase = "end"
                 return TERMINATE_HERE.copy()
+            self.decisions.append("reopen")
             return self._reopen()
         if self._phase == "end":
             return TERMINATE_HERE.copy()
         a = np.asarray(self.policy.act(obs, info), dtype=np.float32).copy()
+        if a[4] <= 0 and self._must_close(obs, left):  # the agent would not close here
+            image, state = self.policy.prepare(obs)
+            best = self.policy.act_prepared(image, state, fixed={4: 1.0, 5: 1.0}, generator=self._force_rng)
+            a = np.asarray(best[0], dtype=np.float32)
+            self.forced_closings += 1
         if a[5] > 0 and a[4] > 0 and self._retries < c.max_retries and left > c.lift + 1:
             a[5] = -1.0  # close, but do not end the attempt before the check
             self._phase, self._lift_left = "lift", c.lift
+            self._checked_once = True
         return a
+
+    def _must_close(self, obs: Mapping[str, Any], left: int) -> bool:
+        """Whether to take the best closing for the agent now (``close_by``, ``last_close``): only with the
+        gripper open, since a closing of a closed gripper grasps nothing new."""
+        c = self.config
+        if not hasattr(self.policy, "act_prepared"):  # a policy that cannot search with held dimensions
+            return False
+        if float(np.asarray(obs.get("gripper_closed", 1.0)).reshape(-1)[0]) > 0.5:
+            return False
+        late_first = c.close_by > 0 and not self._checked_once and self._step >= c.close_by
+        return late_first or (c.last_close and left == 1)
 
     def _reopen(self) -> np.ndarray:
         """Open the gripper (moving one step down) and hand back to the agent: one more retry."""
@@ -205,18 +248,28 @@ FIXED_SETTINGS = ("lift", "max_steps")
 env's step limit."""
 
 
-def parse_check_settings(pairs: list[str]) -> dict[str, int | float]:
+def _parse_bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(value)
+    return v in ("true", "1", "yes")
+
+
+def parse_check_settings(pairs: list[str]) -> dict[str, int | float | bool]:
     """``KEY=VALUE`` strings (``rcan evaluate --check-set``) as ``CheckConfig`` overrides, typed by the
     field; one clear error for an unknown or fixed field or a value of the wrong type."""
     fields = {f.name: f for f in dataclasses.fields(CheckConfig)}
-    out: dict[str, int | float] = {}
+    out: dict[str, int | float | bool] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in fields:
             raise ValueError(f"--check-set takes KEY=VALUE with KEY one of {', '.join(fields)}; got {pair!r}")
         if key in FIXED_SETTINGS:
             raise ValueError(f"--check-set cannot change {key!r} (fixed when the check was fitted)")
-        kind, noun = (int, "an integer") if fields[key].type in (int, "int") else (float, "a number")
+        kind, noun = {
+            "int": (int, "an integer"),
+            "bool": (_parse_bool, "true or false"),
+        }.get(getattr(fields[key].type, "__name__", fields[key].type), (float, "a number"))
         try:
             out[key] = kind(value)
         except ValueError:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
-from rcan.qtopt.evaluate import ASSET_AGENT, protocol_scenes
+from rcan.qtopt.evaluate import ASSET_AGENT, protocol_first_closings
 from rcan.qtopt.grasp_check import LIFT, TERMINATE_HERE, auc
 
 
@@ -74,18 +74,7 @@ def _restore(env: Any, saved: int, kept: tuple) -> None:
 def probe_set(path: Path, seed: int, attempts: int) -> list[dict[str, Any]]:
     policy = load_agent(path, seed=seed)
     rows = []
-    for env, obs, info, reset_seed in protocol_scenes(policy, seed, attempts):
-        for _ in range(env.max_steps - 4):
-            a = np.asarray(policy.act(obs, info), dtype=np.float32).copy()
-            if a[4] > 0 and a[5] > 0:
-                break
-            obs, _, done, _, info = env.step(a)
-            if done:
-                break
-        else:
-            continue
-        if done:
-            continue
+    for env, obs, info, reset_seed, a in protocol_first_closings(policy, seed, attempts):
         direct, _ = env.try_grasps(a[None])  # the agent's own close-and-end, as it acts when trained
         a[5] = -1.0  # close without ending
         obs, _, _, _, info = env.step(a)

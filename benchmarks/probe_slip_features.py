@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
-from rcan.qtopt.evaluate import ASSET_AGENT, protocol_scenes
+from rcan.qtopt.evaluate import ASSET_AGENT, protocol_first_closings
 from rcan.qtopt.grasp_check import LIFT, TERMINATE_HERE, auc, check_probability, load_check
 
 GROUPS: dict[str, list[str]] = {
@@ -103,19 +103,7 @@ def slip_features(env: Any, at_closing: dict[int, tuple[np.ndarray, np.ndarray]]
 def probe_set(path: Path, seed: int, attempts: int, check: Any) -> list[dict[str, Any]]:
     policy = load_agent(path, seed=seed)
     rows = []
-    for env, obs, info, reset_seed in protocol_scenes(policy, seed, attempts):
-        done = False
-        for _ in range(env.max_steps - 4):
-            a = np.asarray(policy.act(obs, info), dtype=np.float32).copy()
-            if a[4] > 0 and a[5] > 0:
-                break
-            obs, _, done, _, info = env.step(a)
-            if done:
-                break
-        else:
-            continue
-        if done:
-            continue
+    for env, obs, info, reset_seed, a in protocol_first_closings(policy, seed, attempts):
         a[5] = -1.0  # close without ending, as the checked agent does
         obs, _, _, _, info = env.step(a)
         at_closing = object_poses(env)

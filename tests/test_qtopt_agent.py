@@ -529,3 +529,21 @@ def test_protocol_scenes_replay_the_evaluation_resets() -> None:
     policy = QTOptPolicy(QNetwork(SMALL), CEMConfig(8, 2, 1))
     seen = [(rs, obs["image"].shape) for _, obs, _, rs in protocol_scenes(policy, 3, 2)]
     assert [rs for rs, _ in seen] == reset_seeds(3, 2) and seen[0][1] == (64, 64, 3)
+
+
+def test_protocol_first_closings_stop_before_the_first_close_and_end() -> None:
+    from rcan.qtopt.evaluate import protocol_first_closings
+
+    class ClosesAtSecond:
+        network, camera = QNetwork(SMALL), "wide"
+
+        def reset(self, info=None) -> None:
+            self.calls = 0
+
+        def act(self, obs, info=None) -> np.ndarray:
+            self.calls += 1
+            return np.array([0, 0, -1, 0, 1, 1] if self.calls == 2 else [0, 0, -1, 0, -1, -1], np.float32)
+
+    got = [(env._step, a[4], a[5], rs) for env, _, _, rs, a in protocol_first_closings(ClosesAtSecond(), 3, 2)]
+    assert got == [(1, 1.0, 1.0, rs) for rs in reset_seeds(3, 2)]  # one step taken, the closing not
+    assert list(protocol_first_closings(ClosesAtSecond(), 3, 2, steps_left=19)) == []  # too late: skipped

@@ -108,6 +108,28 @@ def protocol_scenes(
         env.close()
 
 
+def protocol_first_closings(
+    policy: Any, seed: int, attempts: int, steps_left: int = 4
+) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any], int, np.ndarray]]:
+    """For probes of what follows a closing: each protocol scene (``protocol_scenes``) acted in by the
+    policy until its first action that closes and ends the attempt, not taken; yields (env, obs, info,
+    reset seed, that action) with the env just before it. Attempts that end first, or reach that action
+    with fewer than ``steps_left`` steps to spare, are skipped."""
+    for env, obs, info, reset_seed in protocol_scenes(policy, seed, attempts):
+        done = False
+        for _ in range(env.max_steps - steps_left):
+            a = np.asarray(policy.act(obs, info), dtype=np.float32).copy()
+            if a[4] > 0 and a[5] > 0:
+                break
+            obs, _, done, _, info = env.step(a)
+            if done:
+                break
+        else:
+            continue
+        if not done:
+            yield env, obs, info, reset_seed, a
+
+
 def evaluate_policy(
     policy: Any,
     domain: str,

@@ -1,4 +1,5 @@
-"""What every benchmark records about the machine it ran on (so RESULTS.md rows can be compared)."""
+"""What every benchmark records about the machine it ran on (so RESULTS.md rows can be compared), and how
+probes write their results."""
 
 from __future__ import annotations
 
@@ -31,3 +32,14 @@ def machine_info() -> dict[str, Any]:
         "commit": git_commit(),
         "load_before": os.getloadavg(),
     }
+
+
+def write_probe_result(out: Path | None, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """A probe's result: the summary and every row to ``out`` (JSON, when given; a later ``--rows`` run or
+    another analysis reads the rows back), the summary to stdout."""
+    import json
+
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"summary": summary, "rows": rows}) + "\n")
+    print(json.dumps(summary, indent=1))

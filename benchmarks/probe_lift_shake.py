@@ -23,12 +23,12 @@ touches an object; the highest object's lowest point). Privileged; a probe, neve
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from machine import write_probe_result
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
 from rcan.qtopt.evaluate import ASSET_AGENT, protocol_first_closings
@@ -129,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += probe_set(path, seed, a.attempts)
         print(f"set {seed}: {len(rows)} grasps", flush=True)
     summary = {"agent": str(path), "sets": a.sets, "grasps": len(rows), "variants": summarize(rows)}
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"summary": summary, "rows": rows}) + "\n")
-    print(json.dumps(summary, indent=1))
+    write_probe_result(a.out, summary, rows)
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import write_probe_result
 from torch import nn
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
@@ -219,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += probe_set(path, seed, a.attempts, check)
             print(f"set {seed}: {len(rows)} grasps", flush=True)
     summary = {"all grasps": summarize(rows), "grasps still touching": summarize(rows, touching_only=True)}
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"summary": summary, "rows": rows}) + "\n")
-    print(json.dumps(summary, indent=1))
+    write_probe_result(a.out, summary, rows)
     return 0
 
 

@@ -65,11 +65,12 @@ class Constant(nn.Module):
         return torch.full((len(images),), self.logit)
 
 
-def _run(policy: CheckedPolicy, steps: int = 20) -> list[np.ndarray]:
+def _run(policy: CheckedPolicy, steps: int = 20, obs: dict | None = None) -> list[np.ndarray]:
+    """An attempt of at most ``steps`` steps, every observation ``obs`` (default empty)."""
     policy.reset({})
     out = []
     for _ in range(steps):
-        a = policy.act({}, {})
+        a = policy.act(obs or {}, {})
         out.append(a)
         if a[5] > 0:
             break
@@ -147,13 +148,7 @@ class Wanders:
 
 def _steps(policy: CheckedPolicy, closed: float = 0.0) -> list[np.ndarray]:
     """An attempt of at most 20 steps with the gripper reported open (or closed) throughout."""
-    policy.reset({})
-    out = []
-    for _ in range(20):
-        out.append(policy.act({"gripper_closed": np.array([closed], np.float32)}, {}))
-        if out[-1][5] > 0:
-            break
-    return out
+    return _run(policy, obs={"gripper_closed": np.array([closed], np.float32)})
 
 
 def test_a_closing_is_taken_for_an_agent_that_would_end_with_the_gripper_open() -> None:
@@ -406,13 +401,7 @@ def test_an_early_check_can_wait_for_the_second_lift_step() -> None:
 
 def test_an_empty_gripper_reopens_at_once_whatever_the_check_says() -> None:
     def run(policy: CheckedPolicy, opening: float) -> list[np.ndarray]:
-        policy.reset({})
-        acts = []
-        for _ in range(20):
-            acts.append(policy.act({"gripper_opening": np.array([opening], np.float32)}, {}))
-            if acts[-1][5] > 0:
-                break
-        return acts
+        return _run(policy, obs={"gripper_opening": np.array([opening], np.float32)})
 
     config = CheckConfig(lift=3, empty_opening=0.01, max_retries=1)
     p = CheckedPolicy(ClosesAtThird(), Constant(0.9), config)  # a check that would accept

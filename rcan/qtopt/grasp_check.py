@@ -102,12 +102,6 @@ class CheckConfig:
     attempts close too late for a retry or not at all (hovering near the floor). Measured on the shipped
     agent over five object sets (2026-12-06): 85.1% (10) and 85.9% (9) against 87.5% off: the forced
     closings also pre-empt closings the agent was still aiming; off by default."""
-    hover_steps: int = 0
-    """Take the best closing for the agent once the open gripper has spent this many acting steps in a row
-    below ``hover_height`` without closing (0: off): the attempts that run out of steps mostly hover a few
-    centimetres above the floor, moving back and forth."""
-    hover_height: float = 0.1
-    """The gripper height (m, ``obs["gripper_height"]``) below which ``hover_steps`` counts."""
     last_close: bool = True
     """On the attempt's last step with the gripper open and the agent not closing, take the best closing
     instead of its move: an attempt that ends with the gripper open has failed, a closing there may hold
@@ -129,11 +123,8 @@ class CheckConfig:
             raise ValueError(f"the check's early_from must be a lift step in [1, lift], got {self}")
         if self.late_min_steps_left < 2:
             raise ValueError(f"late_min_steps_left must be >= 2 (reopen, then close), got {self}")
-        if self.close_by < 0 or self.hover_steps < 0 or self.hover_height <= 0:
-            raise ValueError(
-                "the check's close_by (a step of the attempt) and hover_steps must be >= 0 (0: off) and "
-                f"hover_height > 0, got {self}"
-            )
+        if self.close_by < 0:
+            raise ValueError(f"the check's close_by is a step of the attempt (0: off), got {self.close_by}")
         if not 0.0 <= self.empty_opening < 0.1:
             raise ValueError(f"the check's empty_opening is a gap in metres in [0, 0.1), got {self.empty_opening}")
         for name in ("threshold", "early_threshold", "late_threshold"):
@@ -169,7 +160,7 @@ class CheckedPolicy:
         self.forced_closings = 0
         """This attempt's closings taken for the agent (``CheckConfig.close_by`` and ``last_close``)."""
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
-        self._checked_once, self._low_steps = False, 0
+        self._checked_once = False
         self._force_rng = torch.Generator().manual_seed(0)  # the agent's own stream stays as it was
 
     def __getattr__(self, name: str) -> Any:
@@ -181,7 +172,7 @@ class CheckedPolicy:
         self.policy.reset(info)
         self.checks, self.decisions, self.empty_reopens, self.forced_closings = [], [], 0, 0
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
-        self._checked_once, self._low_steps = False, 0
+        self._checked_once = False
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
         self._step += 1
@@ -216,7 +207,6 @@ class CheckedPolicy:
         if self._phase == "end":
             return TERMINATE_HERE.copy()
         a = np.asarray(self.policy.act(obs, info), dtype=np.float32).copy()
-        self._count_hovering(obs)
         if a[4] <= 0 and self._must_close(obs, left):  # the agent would not close here
             image, state = self.policy.prepare(obs)
             best = self.policy.act_prepared(image, state, fixed={4: 1.0, 5: 1.0}, generator=self._force_rng)
@@ -225,17 +215,8 @@ class CheckedPolicy:
         if a[5] > 0 and a[4] > 0 and self._retries < c.max_retries and left > c.lift + 1:
             a[5] = -1.0  # close, but do not end the attempt before the check
             self._phase, self._lift_left = "lift", c.lift
-            self._checked_once, self._low_steps = True, 0
+            self._checked_once = True
         return a
-
-    def _count_hovering(self, obs: Mapping[str, Any]) -> None:
-        """Acting steps in a row with the gripper open below ``hover_height`` (``hover_steps``)."""
-        c = self.config
-        if c.hover_steps <= 0 or "gripper_height" not in obs:
-            return
-        height = float(np.asarray(obs["gripper_height"]).reshape(-1)[0])
-        closed = float(np.asarray(obs.get("gripper_closed", 0.0)).reshape(-1)[0]) > 0.5
-        self._low_steps = self._low_steps + 1 if height < c.hover_height and not closed else 0
 
     def _must_close(self, obs: Mapping[str, Any], left: int) -> bool:
         """Whether to take the best closing for the agent now (``close_by``, ``last_close``): only with the
@@ -246,12 +227,11 @@ class CheckedPolicy:
         if float(np.asarray(obs.get("gripper_closed", 1.0)).reshape(-1)[0]) > 0.5:
             return False
         late_first = c.close_by > 0 and not self._checked_once and self._step >= c.close_by
-        hovering = c.hover_steps > 0 and self._low_steps >= c.hover_steps
-        return late_first or hovering or (c.last_close and left == 1)
+        return late_first or (c.last_close and left == 1)
 
     def _reopen(self) -> np.ndarray:
         """Open the gripper (moving one step down) and hand back to the agent: one more retry."""
-        self._phase, self._retries, self._low_steps = "act", self._retries + 1, 0
+        self._phase, self._retries = "act", self._retries + 1
         return REOPEN.copy()
 
     def _empty(self, obs: Mapping[str, Any]) -> bool:

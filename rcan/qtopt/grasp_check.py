@@ -10,7 +10,9 @@ Acting (``CheckedPolicy``). When the agent's greedy action closes and terminates
 without terminating and rises ``lift`` steps (4 cm each); the *check* then estimates the chance that
 terminating there succeeds. At or above ``threshold`` the attempt ends; below it the gripper reopens, moves
 one step down and the agent takes over again (at most ``max_retries`` times, and only while at least
-``min_steps_left`` steps remain). The wrapper counts steps itself: it reads nothing from the simulator.
+``min_steps_left`` steps remain). On the attempt's last step, if the gripper is still open and the agent
+would not close, it closes where the critic likes a closing best (``last_close``: an attempt that ends
+open has failed). The wrapper counts steps itself: it reads nothing from the simulator.
 
 The check (``fit_check``) is a copy of the agent's critic fitted to the outcome of terminating at the lifted
 state, for the action "terminate here" (binary cross-entropy, random shifts, the critic's weights as the

@@ -43,3 +43,10 @@ def write_probe_result(out: Path | None, summary: dict[str, Any], rows: list[dic
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"summary": summary, "rows": rows}) + "\n")
     print(json.dumps(summary, indent=1))
+
+
+def add_probe_arguments(parser: Any, default_run: str) -> None:
+    """The arguments the per-closing probes share: the agent run, the object sets and attempts per set."""
+    parser.add_argument("run", nargs="?", default=default_run)
+    parser.add_argument("--sets", default="0", help="comma-separated object-set seeds")
+    parser.add_argument("--attempts", type=int, default=102)

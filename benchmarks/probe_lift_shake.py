@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import write_probe_result
+from machine import add_probe_arguments, write_probe_result
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
 from rcan.qtopt.evaluate import ASSET_AGENT, protocol_first_closings
@@ -117,9 +117,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", nargs="?", default=str(ASSET_AGENT))
-    p.add_argument("--sets", default="0", help="comma-separated object-set seeds")
-    p.add_argument("--attempts", type=int, default=102)
+    add_probe_arguments(p, str(ASSET_AGENT))
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import write_probe_result
+from machine import add_probe_arguments, write_probe_result
 from torch import nn
 
 from rcan.qtopt.agent import load_agent, resolve_agent_path
@@ -202,9 +202,7 @@ def summarize(rows: list[dict[str, Any]], touching_only: bool = False) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", nargs="?", default=str(ASSET_AGENT))
-    p.add_argument("--sets", default="0", help="comma-separated object-set seeds")
-    p.add_argument("--attempts", type=int, default=102)
+    add_probe_arguments(p, str(ASSET_AGENT))
     p.add_argument("--check", default=None, help="a check file to score at its own lift level")
     p.add_argument("--out", type=Path, default=None, help="write the rows and summary here (JSON)")
     p.add_argument("--rows", type=Path, nargs="*", default=[], help="summarize saved rows instead")

@@ -284,8 +284,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     n = t["attempts_with_retries"]
     print(
         f"grasps per attempt: {t['mean_grasps']:.2f} (closings of the open gripper, in the air too); "
-        f"{n} attempt{'' if n == 1 else 's'} closed more than once, "
-        f"{t['successes_after_a_retry']} of {'it' if n == 1 else 'them'} succeeded"
+        f"{n} attempt{'' if n == 1 else 's'} closed more than once, {t['successes_after_a_retry']} of {n} succeeded"
     )
     c = r.get("checks")
     if c:

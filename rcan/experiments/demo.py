@@ -81,11 +81,14 @@ def _agent_section(out: Path, seed: int, attempts: int) -> list[str]:
         f"(a demo-sized sample; `rcan evaluate` runs the paper's 102)."
     )
     if r.get("grasp_check"):
-        reopened = sum(1 for a in r["per_attempt"] for p in a.get("checks", []) if p < r["grasp_check"]["threshold"])
+        rows = r["per_attempt"]
+        reopened = sum(d in ("reopen", "early-reopen") for a in rows for d in a.get("check_decisions", []))
+        last = sum(int(a.get("forced_closings", 0)) for a in rows)
         summary += (
             f" The agent acts with its grasp check: it lifts each grasp {r['grasp_check']['lift']} steps, "
             f"ends the attempt if the check expects success, else reopens and grasps again ({reopened} "
-            f"reopening{'' if reopened == 1 else 's'} here)."
+            f"reopening{'' if reopened == 1 else 's'} here), and closes on the last step if the gripper "
+            f"is still open ({last} time{'' if last == 1 else 's'} here)."
         )
     summary += "\n\n![attempts](agent/frames.png)"
     return lines + [summary, ""]

@@ -24,3 +24,21 @@ def test_demo_writes_every_section_with_its_pictures(tmp_path, capsys) -> None:
     assert agent["attempts"] == 2 and f"{agent['successes']}/2 grasp attempts succeeded" in report
     assert "grasp check" in report and "closes on the last step" in report
     assert str(tmp_path / "report.md") in capsys.readouterr().out
+
+
+def test_show_renders_a_scene_grid_and_refuses_a_bad_texture_folder(tmp_path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 80 * i + 40, np.uint8)).save(textures / f"t{i}.png")
+    out = tmp_path / "scene.png"
+    argv = ["show", "--out", str(out), "--size", "64", "--split", "test", "--texture-dir", str(textures)]
+    assert main(argv) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.ndim == 3 and grid.shape[1] > 64 * 5  # the panels side by side
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert main(["show", "--out", str(tmp_path / "x.png"), "--texture-dir", str(tmp_path / "none")]) == 2
+    assert "error" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

@@ -11,8 +11,8 @@ without terminating and rises ``lift`` steps (4 cm each); the *check* then estim
 terminating there succeeds. At or above ``threshold`` the attempt ends; below it the gripper reopens, moves
 one step down and the agent takes over again (at most ``max_retries`` times, and only while at least
 ``min_steps_left`` steps remain). On the attempt's last step, if the gripper is still open, it closes
-where the critic likes a closing best (``last_close``: an attempt that ends
-open has failed). The wrapper counts steps itself: it reads nothing from the simulator.
+where the critic likes a closing best (``last_close``: an attempt that ends open has failed). The wrapper
+counts steps itself: it reads nothing from the simulator.
 
 The check (``fit_check``) is a copy of the agent's critic fitted to the outcome of terminating at the lifted
 state, for the action "terminate here" (binary cross-entropy, random shifts, the critic's weights as the
@@ -162,7 +162,6 @@ class CheckedPolicy:
         self.forced_closings = 0
         """This attempt's closings taken for the agent (``CheckConfig.close_by`` and ``last_close``)."""
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
-        self._checked_once = False
         self._force_rng = torch.Generator().manual_seed(0)  # the agent's own stream stays as it was
 
     def __getattr__(self, name: str) -> Any:
@@ -174,7 +173,6 @@ class CheckedPolicy:
         self.policy.reset(info)
         self.checks, self.decisions, self.empty_reopens, self.forced_closings = [], [], 0, 0
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
-        self._checked_once = False
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
         self._step += 1
@@ -214,13 +212,14 @@ class CheckedPolicy:
             a = self._best_closing(obs)
         else:
             a = np.asarray(self.policy.act(obs, info), dtype=np.float32).copy()
-            late_first = c.close_by > 0 and not self._checked_once and self._step >= c.close_by
+            # no grasp lifted yet: every lift ends in a decision or a reopening
+            first_pending = not self.decisions and self._retries == 0
+            late_first = c.close_by > 0 and first_pending and self._step >= c.close_by
             if a[4] <= 0 and late_first and self._can_close(obs):  # the agent would not close yet
                 a = self._best_closing(obs)
         if a[5] > 0 and a[4] > 0 and self._retries < c.max_retries and left > c.lift + 1:
             a[5] = -1.0  # close, but do not end the attempt before the check
             self._phase, self._lift_left = "lift", c.lift
-            self._checked_once = True
         return a
 
     def _can_close(self, obs: Mapping[str, Any]) -> bool:

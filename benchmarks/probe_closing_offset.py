@@ -30,34 +30,26 @@ def run_set(
 
     torch.set_num_threads(1)
     from rcan.qtopt.agent import load_agent
-    from rcan.qtopt.evaluate import make_eval_env, reset_seeds
+    from rcan.qtopt.evaluate import protocol_scenes
 
     policy = load_agent(agent, seed=seed)
-    env = make_eval_env("canonical", seed, camera=policy.camera, objects=objects)
     rows = []
-    try:
-        for reset_seed in reset_seeds(seed, attempts):
-            obs, info = env.reset(seed=reset_seed)
-            policy.reset(info)
-            done, offset, nearest_name = False, None, None
-            while not done:
-                a = policy.act(obs, info).copy()
-                closing = not obs["gripper_closed"] and a[4] > 0
-                if closing and a[5] > 0:
-                    a[0] = np.clip(a[0] + ox / MAX_TRANSLATION, -1, 1)
-                    a[1] = np.clip(a[1] + oy / MAX_TRANSLATION, -1, 1)
-                if closing:
-                    point = env.commanded_point(a)[:2]
-                    centres = np.array([env.cell.box_centre_xy(b) for b in env.cell.object_bodies])
-                    j = int(np.argmin(np.linalg.norm(centres - point, axis=1)))
-                    offset = (centres[j] - point).tolist()
-                    nearest_name = env.episode_objects[j]  # bodies are loaded in the episode's order
-                obs, _, done, _, info = env.step(a)
-            rows.append(
-                {"success": bool(info.get("is_success", False)), "offset": offset, "object": nearest_name}
-            )
-    finally:
-        env.close()
+    for env, obs, info, _ in protocol_scenes(policy, seed, attempts, objects=objects):
+        done, offset, nearest_name = False, None, None
+        while not done:
+            a = policy.act(obs, info).copy()
+            closing = not obs["gripper_closed"] and a[4] > 0
+            if closing and a[5] > 0:
+                a[0] = np.clip(a[0] + ox / MAX_TRANSLATION, -1, 1)
+                a[1] = np.clip(a[1] + oy / MAX_TRANSLATION, -1, 1)
+            if closing:
+                point = env.commanded_point(a)[:2]
+                centres = np.array([env.cell.box_centre_xy(b) for b in env.cell.object_bodies])
+                j = int(np.argmin(np.linalg.norm(centres - point, axis=1)))
+                offset = (centres[j] - point).tolist()
+                nearest_name = env.episode_objects[j]  # bodies are loaded in the episode's order
+            obs, _, done, _, info = env.step(a)
+        rows.append({"success": bool(info.get("is_success", False)), "offset": offset, "object": nearest_name})
     return rows
 
 

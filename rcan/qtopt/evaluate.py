@@ -93,12 +93,22 @@ def reset_seeds(seed: int, attempts: int) -> list[int]:
 
 
 def protocol_scenes(
-    policy: Any, seed: int, attempts: int, domain: str = "canonical"
+    policy: Any,
+    seed: int,
+    attempts: int,
+    domain: str = "canonical",
+    *,
+    image_size: int | None = None,
+    camera: str | None = None,
+    texture_dir: str | None = None,
+    objects: str = "test",
 ) -> Iterator[tuple[Any, dict[str, Any], dict[str, Any], int]]:
-    """The protocol's scenes for probes that drive the env themselves: the env of object set ``seed``
-    (the policy's image size and camera), reset with each attempt's seed and the policy reset with it;
-    yields (env, obs, info, reset seed) per attempt and closes the env at the end."""
-    env = make_eval_env(domain, seed, policy.network.config.image_size, camera=policy.camera)
+    """The protocol's scenes, for ``evaluate_policy`` and for probes that drive the env themselves: the env
+    of object set ``seed`` (``make_eval_env``; image size and camera the policy's unless given), reset with
+    each attempt's seed and the policy reset with it; yields (env, obs, info, reset seed) per attempt and
+    closes the env at the end."""
+    size = image_size if image_size is not None else policy.network.config.image_size
+    env = make_eval_env(domain, seed, size, texture_dir, camera if camera is not None else policy.camera, objects)
     try:
         for reset_seed in reset_seeds(seed, attempts):
             obs, info = env.reset(seed=reset_seed)
@@ -147,15 +157,15 @@ def evaluate_policy(
     coordinates; for :func:`save_closing_sheet`)."""
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
-    env = make_eval_env(domain, seed, image_size, texture_dir, camera, objects)
+    scenes = protocol_scenes(
+        policy, seed, attempts, domain, image_size=image_size, camera=camera, texture_dir=texture_dir, objects=objects
+    )
     per_attempt: list[dict[str, Any]] = []
     frames: list[list[np.ndarray]] = []
     closings: list[dict[str, Any]] = []
     try:
-        bar = tqdm(reset_seeds(seed, attempts), desc=f"evaluating in {domain}", unit="attempt", leave=False)
-        for i, reset_seed in enumerate(bar):
-            obs, info = env.reset(seed=reset_seed)
-            policy.reset(info)
+        bar = tqdm(scenes, total=attempts, desc=f"evaluating in {domain}", unit="attempt", leave=False)
+        for i, (env, obs, info, _) in enumerate(bar):
             shots = [obs["image"]]
             done, steps, success = False, 0, False
             close: dict[str, float] = {}
@@ -190,9 +200,9 @@ def evaluate_policy(
                 closings.append({**closing, "success": success, "attempt": i})
             if i < strip_attempts:
                 frames.append(shots)
-        episode_objects = env.episode_objects
+        episode_objects = env.episode_objects  # kept by the env after it closes
     finally:
-        env.close()
+        scenes.close()  # the env too, if the loop stopped early
     k = sum(a["success"] for a in per_attempt)
     lo, hi = wilson_interval(k, attempts)
     return {

@@ -175,27 +175,6 @@ def test_a_closing_is_taken_for_an_agent_that_would_end_with_the_gripper_open() 
         parse_check_settings(["last_close=maybe"])
 
 
-def test_a_closing_from_high_up_is_taken_as_a_step_down_first() -> None:
-    cfg = CheckConfig(close_below=0.02, lift=1)
-    for height, deferred in ((0.07, True), (0.05, False)):  # closes at 3 cm / 1 cm (one step down: 4 cm)
-        p = CheckedPolicy(ClosesAtThird(), Constant(0.9), cfg)
-        obs = {"gripper_closed": np.array([0.0], np.float32), "gripper_height": np.array([height], np.float32)}
-        acts = _run(p, obs=obs)
-        if deferred:  # every closing is deferred here (the height never changes): down with the agent's x-y
-            np.testing.assert_allclose(acts[2], [0.1, 0.2, -1, 0, -1, -1])
-            assert p.deferred_closings == 6 and len(acts) == 20
-        else:
-            np.testing.assert_allclose(acts[2], [0.1, 0.2, -1, 0, 1, -1])
-            assert p.deferred_closings == 0 and p.decisions == ["accept"]
-    in_air = CheckedPolicy(ClosesAtThird(), Constant(0.9), cfg)  # closing without ending: left alone
-    in_air.reset({})
-    in_air.policy.act = lambda obs, info=None: np.array([0, 0, -1, 0, 1, -1], np.float32)
-    high = {"gripper_closed": np.array([0.0], np.float32), "gripper_height": np.array([0.2], np.float32)}
-    np.testing.assert_array_equal(in_air.act(high, {}), [0, 0, -1, 0, 1, -1])
-    with pytest.raises(ValueError, match="close_below"):
-        CheckConfig(close_below=0.5)
-
-
 def test_check_summary_sorts_a_checked_agents_attempts() -> None:
     from rcan.qtopt.evaluate import check_summary
 

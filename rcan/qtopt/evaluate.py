@@ -195,7 +195,6 @@ def evaluate_policy(
                 row["check_decisions"] = list(getattr(policy, "decisions", []))
                 row["empty_reopens"] = int(getattr(policy, "empty_reopens", 0))
                 row["forced_closings"] = int(getattr(policy, "forced_closings", 0))
-                row["deferred_closings"] = int(getattr(policy, "deferred_closings", 0))
             per_attempt.append(row)
             if closing:
                 closings.append({**closing, "success": success, "attempt": i})

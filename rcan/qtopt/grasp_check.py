@@ -56,8 +56,6 @@ CHECK_FIT_MINUTES = 1.5
 """What fitting the check on the collected grasps takes at most (0.9 minutes for 4,000 on 2 cores): the part
 of a time budget the collection leaves."""
 LIFT = np.array([0, 0, 1, 0, 1, -1], dtype=np.float32)
-STEP_HEIGHT = 0.04
-"""How far one step's dz of 1 moves the gripper (m; ``GraspEnv``'s default ``max_translation``)."""
 REOPEN = np.array([0, 0, -1, 0, -1, -1], dtype=np.float32)
 
 
@@ -111,13 +109,6 @@ class CheckConfig:
     agent's own): an attempt that ends with the gripper open has failed, a closing there may hold
     something. Measured on the shipped agent over 15 object sets (2026-12-06): 86.0% against 85.1% without
     (102 such closings, 35 held)."""
-    close_below: float = 0.0
-    """A grasp (close and end) of the open gripper whose fingertips would close higher than this above the
-    floor (m: the observed height plus the move's 4 cm steps down) is taken as a full step down with the
-    agent's x-y move instead, the gripper still open; the agent decides again from lower (0: off; not on
-    the last step, where ``last_close`` decides). Closings without ending (the agents often close the
-    gripper while they descend, and open it again near the floor) are left alone. Why: the shipped
-    agent's grasps from 5 cm and higher hold far less often than the rest."""
     empty_opening: float = 0.0
     """Read the gripper's opening (``obs["gripper_opening"]``, its position encoder) after each lift step:
     below this gap (m) nothing is between the fingers, the grasp has certainly failed, and the gripper
@@ -136,8 +127,6 @@ class CheckConfig:
             raise ValueError(f"late_min_steps_left must be >= 2 (reopen, then close), got {self}")
         if self.close_by < 0:
             raise ValueError(f"the check's close_by is a step of the attempt (0: off), got {self.close_by}")
-        if not 0.0 <= self.close_below < 0.3:
-            raise ValueError(f"the check's close_below is a height in metres in [0, 0.3), got {self.close_below}")
         if not 0.0 <= self.empty_opening < 0.1:
             raise ValueError(f"the check's empty_opening is a gap in metres in [0, 0.1), got {self.empty_opening}")
         for name in ("threshold", "early_threshold", "late_threshold"):
@@ -172,8 +161,6 @@ class CheckedPolicy:
         """This attempt's reopenings on an empty gripper (``CheckConfig.empty_opening``)."""
         self.forced_closings = 0
         """This attempt's closings taken for the agent (``CheckConfig.close_by`` and ``last_close``)."""
-        self.deferred_closings = 0
-        """This attempt's closings turned into a step down (``CheckConfig.close_below``)."""
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
         self._force_rng = torch.Generator().manual_seed(0)  # the agent's own stream stays as it was
 
@@ -185,7 +172,6 @@ class CheckedPolicy:
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
         self.policy.reset(info)
         self.checks, self.decisions, self.empty_reopens, self.forced_closings = [], [], 0, 0
-        self.deferred_closings = 0
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -231,9 +217,6 @@ class CheckedPolicy:
             late_first = c.close_by > 0 and first_pending and self._step >= c.close_by
             if a[4] <= 0 and late_first and self._can_close(obs):  # the agent would not close yet
                 a = self._best_closing(obs)
-            elif a[4] > 0 and a[5] > 0 and c.close_below > 0 and self._closes_high(obs, a):
-                a[2], a[4], a[5] = -1.0, -1.0, -1.0  # down first, the gripper open
-                self.deferred_closings += 1
         if a[5] > 0 and a[4] > 0 and self._retries < c.max_retries and left > c.lift + 1:
             a[5] = -1.0  # close, but do not end the attempt before the check
             self._phase, self._lift_left = "lift", c.lift
@@ -246,13 +229,6 @@ class CheckedPolicy:
         if not hasattr(self.policy, "act_prepared"):
             return False
         return float(np.asarray(obs.get("gripper_closed", 1.0)).reshape(-1)[0]) <= 0.5
-
-    def _closes_high(self, obs: Mapping[str, Any], a: np.ndarray) -> bool:
-        """Whether the closing ``a`` of the open gripper would close its fingertips above ``close_below``."""
-        if float(np.asarray(obs.get("gripper_closed", 1.0)).reshape(-1)[0]) > 0.5:
-            return False
-        height = float(np.asarray(obs["gripper_height"]).reshape(-1)[0]) + float(a[2]) * STEP_HEIGHT
-        return height > self.config.close_below
 
     def _best_closing(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The closing (close and end) the critic rates best from here, by CEM over the moves."""

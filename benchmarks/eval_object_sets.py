@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--view-shifts", type=int, default=None, help="passed to rcan evaluate --view-shifts")
     p.add_argument("--rerank", type=int, default=None, help="passed to rcan evaluate --rerank")
     p.add_argument("--ensemble", action="append", default=[], help="passed to rcan evaluate --ensemble")
+    p.add_argument("--search-critics", type=int, default=None, help="passed to rcan evaluate --search-critics")
     p.add_argument("--check-set", action="append", default=[], help="passed to rcan evaluate --check-set")
     a = p.parse_args(argv)
     if not (a.run / "agent.safetensors").is_file():
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--sets and --jobs must be >= 1, --first >= 0")
     extra = (["--cem", a.cem] if a.cem else []) + (["--view-shifts", str(a.view_shifts)] if a.view_shifts else [])
     extra += ["--rerank", str(a.rerank)] if a.rerank is not None else []
+    extra += ["--search-critics", str(a.search_critics)] if a.search_critics is not None else []
     for member in a.ensemble:
         extra += ["--ensemble", member]
     for setting in a.check_set:

@@ -218,6 +218,58 @@ def test_ensemble_members_are_kept_and_ride_in_the_final_agent_file(tmp_path) ->
     make_args("tiny", ensemble_members=1, ensemble_spacing=0.0)  # one critic: the spacing is unused
 
 
+def test_an_ensemble_is_distilled_into_one_agent_network(tmp_path) -> None:
+    from rcan.qtopt.agent import load_networks
+    from rcan.qtopt.train import ENSEMBLE_AGENT_FILE, train
+
+    run = tmp_path / "run"
+    args = make_args("tiny", out=str(run), seed=3, ensemble_members=3, ensemble_spacing=0.3, distill_steps=4)
+    summary = train(args)
+    assert summary["distill"]["steps"] == 4 and summary["distill"]["critics"] == 3
+    nets, meta = load_networks(run)
+    assert len(nets) == 1 and json.loads(meta["distilled"]) == {"steps": 4, "critics": 3}
+    ensemble, ens_meta = load_networks(run / ENSEMBLE_AGENT_FILE)
+    assert len(ensemble) == 3 and ens_meta["members"] == "2"
+    final, distilled = ensemble[0].state_dict(), nets[0].state_dict()
+    assert any(not torch.equal(final[k], distilled[k]) for k in final)  # fitted, not the final critic
+    assert load_agent(run).network.config == ensemble[0].config
+    with pytest.raises(ValueError, match="distill_steps"):
+        make_args("tiny", distill_steps=10)  # one critic: nothing to distil
+    with pytest.raises(ValueError, match="distill_steps"):
+        make_args("tiny", ensemble_members=3, ensemble_spacing=0.3, distill_steps=-1)
+
+
+def test_distillation_moves_a_critic_towards_the_ensembles_mean_logit() -> None:
+    from rcan.qtopt.distill import distill, distill_candidates, ensemble_logits
+    from rcan.qtopt.network import QNetConfig, QNetwork
+
+    cfg = QNetConfig(channels=(8, 8), strides=(4, 2), fuse_channels=6, head_channels=4, fc_hidden=8)
+    torch.manual_seed(0)
+    teachers = [QNetwork(cfg) for _ in range(3)]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 3, 64, 64), dtype=np.uint8)
+    states = np.stack([np.zeros(64), rng.uniform(0, 0.3, 64)], 1).astype(np.float32)
+    actions = rng.uniform(-1, 1, (64, 6)).astype(np.float32)
+
+    def sample(n: int) -> dict[str, np.ndarray]:
+        i = rng.choice(64, n, replace=False)
+        return {"images": images[i], "states": states[i], "actions": actions[i]}
+
+    img, st = torch.from_numpy(images[:16]), torch.from_numpy(states[:16])
+    cands = distill_candidates(np.random.default_rng(1), teachers, img, st, actions[:16], k=16, focus=8)
+    assert cands.shape == (16, 16, 6) and float(cands.abs().max()) <= 1.0
+    target = ensemble_logits(teachers, img, st, cands)
+
+    def error(net: QNetwork) -> float:
+        with torch.no_grad():
+            return float(((net.head(net.features(img), st, cands) - target) ** 2).mean())
+
+    student = distill(teachers, sample, steps=60, batch=8, cands=16, focus=8, lr=1e-3)
+    assert error(student) < 0.5 * error(teachers[0])
+    with pytest.raises(ValueError):
+        distill(teachers[:1], sample, steps=1)
+
+
 def test_joint_finetuning_starts_from_the_agent_and_stops_at_the_real_budget(tmp_path) -> None:
     base = tmp_path / "base"
     Trainer(make_args("tiny", out=str(base), seed=1)).run()

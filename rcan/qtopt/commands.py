@@ -230,6 +230,9 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         f"{s['env_steps']} env steps, {s['grad_steps']} gradient steps, {s['minutes']:.1f} min; "
         f"recent success: {rates or 'n/a'}; wrote {s['agent']}"
     )
+    if "distill" in s:
+        d = s["distill"]
+        print(f"distilled the {d['critics']}-critic ensemble into one network: {d['steps']} steps, {d['minutes']:.1f} min")
     if "check" in s:
         c = s["check"]
         print(

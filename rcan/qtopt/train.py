@@ -21,6 +21,8 @@ One run directory holds everything:
   (named by gradient steps);
 * ``members/member-K.safetensors``: with ``ensemble_members`` > 1, the networks the final agent file
   carries as its ensemble members;
+* ``agent-ensemble.safetensors``: with ``distill_steps``, the ensemble's agent file; ``agent.safetensors``
+  is then the one network distilled from it (``rcan.qtopt.distill``);
 * ``train_state.safetensors``: online and target nets, optimizer, counters, RNG states, recent statistics,
   the name of the replay file that belongs to it;
 * ``replay-NNNNNN.npz``: both replay buffers (plain arrays, no pickle).
@@ -104,6 +106,8 @@ SNAPSHOT_DIR = "snapshots"
 MEMBER_DIR = "members"
 """With ``ensemble_members`` > 1: ``member-<k>.safetensors``, the online network ``k * ensemble_spacing``
 of the budget before the end, stored in the final agent file beside the final network."""
+ENSEMBLE_AGENT_FILE = "agent-ensemble.safetensors"
+"""With ``distill_steps``: the ensemble's agent file, kept beside the distilled one that replaces it."""
 
 
 # -- the trainer -----------------------------------------------------------------------------------------
@@ -418,6 +422,20 @@ class Trainer:
         save_replays(self.run_dir / self.replay_file, self.replays)
         tensors, meta = self.state_tensors()
         save_safetensors_atomic(self.run_dir / STATE_FILE, tensors, meta)
+        extra = self.agent_metadata()
+        members = self.ensemble_members() if self.finished() else []
+        save_agent(self.run_dir / AGENT_FILE, self.net, self.args.input, acting_cem(self.args), extra, members)
+        if self.args.keep_snapshots:
+            snap = self.run_dir / SNAPSHOT_DIR / f"agent-{self.grad_steps:07d}.safetensors"
+            snap.parent.mkdir(exist_ok=True)
+            save_agent(snap, self.net, self.args.input, acting_cem(self.args), extra)
+        # The state file now names the new replay file: older ones (and leftovers of a kill) can go.
+        for p in self.run_dir.glob("replay-*.npz"):
+            if p.name != self.replay_file:
+                p.unlink(missing_ok=True)
+
+    def agent_metadata(self) -> dict[str, str]:
+        """What the agent file records beside the weights: provenance and acting settings."""
         extra = {
             "grad_steps": str(self.grad_steps),
             "env_steps": str(self.env_steps),
@@ -430,16 +448,44 @@ class Trainer:
         }
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())
-        members = self.ensemble_members() if self.finished() else []
-        save_agent(self.run_dir / AGENT_FILE, self.net, self.args.input, acting_cem(self.args), extra, members)
-        if self.args.keep_snapshots:
-            snap = self.run_dir / SNAPSHOT_DIR / f"agent-{self.grad_steps:07d}.safetensors"
-            snap.parent.mkdir(exist_ok=True)
-            save_agent(snap, self.net, self.args.input, acting_cem(self.args), extra)
-        # The state file now names the new replay file: older ones (and leftovers of a kill) can go.
-        for p in self.run_dir.glob("replay-*.npz"):
-            if p.name != self.replay_file:
-                p.unlink(missing_ok=True)
+        return extra
+
+    def distill_agent(self) -> dict[str, Any]:
+        """Replace the finished run's ensemble agent file by one network distilled from it
+        (``distill_steps``; the ensemble's file is kept as ``ENSEMBLE_AGENT_FILE``). Run again on a resumed
+        run (whose final checkpoint rewrites the ensemble's file), it gives the same network: its random
+        numbers come from the run's seed and the replay is the one saved with that checkpoint."""
+        from rcan.qtopt.agent import load_networks
+        from rcan.qtopt.distill import distill
+
+        a, start = self.args, time.monotonic()
+        nets, _ = load_networks(self.run_dir / AGENT_FILE)
+        if len(nets) < 2:
+            raise ValueError(f"{self.run_dir / AGENT_FILE} has no ensemble members to distil")
+        extra = self.agent_metadata()
+        save_agent(self.run_dir / ENSEMBLE_AGENT_FILE, nets[0], a.input, acting_cem(a), extra, nets[1:])
+        rng = np.random.default_rng(a.seed + 104_729)
+        bar = tqdm(total=a.distill_steps, desc=f"distil {self.run_dir.name}", unit="step", leave=False)
+
+        def progress(step: int, loss: float, _: QNetwork) -> None:
+            bar.update(1)
+            if step % 100 == 0:
+                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+
+        try:
+            student = distill(
+                nets,
+                lambda n: self.replay.sample(n, self.batch_mix(), rng),
+                a.distill_steps,
+                seed=a.seed,
+                aug_pad=a.aug_pad,
+                on_step=progress,
+            )
+        finally:
+            bar.close()
+        extra["distilled"] = json.dumps({"steps": a.distill_steps, "critics": len(nets)})
+        save_agent(self.run_dir / AGENT_FILE, student, a.input, acting_cem(a), extra)
+        return {"steps": a.distill_steps, "critics": len(nets), "minutes": (time.monotonic() - start) / 60}
 
     def member_points(self) -> list[tuple[int, float]]:
         """(k, budget fraction) of each ensemble member but the final network, the earliest first."""
@@ -667,6 +713,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
     trainer = Trainer(args)
     try:
         summary = trainer.run()
+        if args.distill_steps > 0 and summary["finished"] and not args.finetune_from:
+            summary["distill"] = trainer.distill_agent()
     finally:
         trainer.close()
     if args.check_grasps > 0 and not args.finetune_from and summary["finished"]:
@@ -674,7 +722,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
 
         deadline = None  # when the check's collection must stop to keep the whole run in budget_minutes
         if args.budget_minutes > 0:
-            left = args.budget_minutes - summary["minutes"] - CHECK_FIT_MINUTES
+            spent = summary["minutes"] + summary.get("distill", {}).get("minutes", 0.0)
+            left = args.budget_minutes - spent - CHECK_FIT_MINUTES
             deadline = time.time() + max(0.0, left) * 60.0
         summary["check"] = fit_check(
             summary["agent"],

@@ -472,6 +472,8 @@ class Trainer:
             if step % 100 == 0:
                 bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
 
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(threads, a.collectors + 1))  # the collectors are done: their cores are free
         try:
             student = distill(
                 nets,
@@ -483,6 +485,7 @@ class Trainer:
             )
         finally:
             bar.close()
+            torch.set_num_threads(threads)
         extra["distilled"] = json.dumps({"steps": a.distill_steps, "critics": len(nets)})
         save_agent(self.run_dir / AGENT_FILE, student, a.input, acting_cem(a), extra)
         return {"steps": a.distill_steps, "critics": len(nets), "minutes": (time.monotonic() - start) / 60}

@@ -452,9 +452,10 @@ class Trainer:
 
     def distill_agent(self) -> dict[str, Any]:
         """Replace the finished run's ensemble agent file by one network distilled from it
-        (``distill_steps``; the ensemble's file is kept as ``ENSEMBLE_AGENT_FILE``). Run again on a resumed
-        run (whose final checkpoint rewrites the ensemble's file), it gives the same network: its random
-        numbers come from the run's seed and the replay is the one saved with that checkpoint."""
+        (``distill_steps``; the ensemble's file is kept as ``ENSEMBLE_AGENT_FILE``). A resumed finished run
+        (whose final checkpoint rewrites the ensemble's file) distils again from its saved replay, with
+        random numbers from the run's seed: the same network on every resume (measured on the tiny
+        preset), though not bit for bit the first run's, which sampled its replay as held in memory."""
         from rcan.qtopt.agent import load_networks
         from rcan.qtopt.distill import distill
 

@@ -7,8 +7,8 @@ mean logit (squared error on logits) on replay images with training's random shi
 actions drawn where CEM's choices are made: uniform over the action box, closings that end, the replay's
 own actions with noise, and jittered copies of the ensemble's best of 64 uniform candidates. No new data
 and no simulator. Measured on the eighth default seed (2026-12-06, ``benchmarks/probe_distill.py``, 4,000
-steps, ~9 minutes on 2 cores): closing once 73.3% against 68.4% (final critic) and 73.9% (ensemble);
-with the grasp check 86.9% over 30 object sets against 85.5% and 87.4%.
+steps, ~6 minutes on 2 cores): closing once 74.3% against 68.4% (final critic) and 73.9% (ensemble);
+with a grasp check fitted on its own grasps 87.0% over 30 object sets against 85.5% and 87.4%.
 """
 
 from __future__ import annotations

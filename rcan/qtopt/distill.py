@@ -28,11 +28,18 @@ FOCUS_TOP = 8
 
 
 def ensemble_logits(
-    teachers: Sequence[QNetwork], images: torch.Tensor, states: torch.Tensor, cands: torch.Tensor
+    teachers: Sequence[QNetwork],
+    images: torch.Tensor,
+    states: torch.Tensor,
+    cands: torch.Tensor,
+    feats: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The critics' mean logit (B, K) for K candidate actions (B, K, 6) per state."""
+    """The critics' mean logit (B, K) for K candidate actions (B, K, 6) per state. ``feats``: each
+    critic's image features of ``images``, when already computed (a tower once per batch, not per call)."""
     with torch.no_grad():
-        return torch.stack([t.head(t.features(images), states, cands) for t in teachers]).mean(0)
+        if feats is None:
+            feats = [t.features(images) for t in teachers]
+        return torch.stack([t.head(f, states, cands) for t, f in zip(teachers, feats, strict=True)]).mean(0)
 
 
 def distill_candidates(
@@ -43,11 +50,12 @@ def distill_candidates(
     actions: np.ndarray,
     k: int = 32,
     focus: int = 16,
+    feats: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(B, K, 6) candidate actions for B states: a quarter uniform over [-1, 1]^6, a quarter closings that
     end (close and end uniform in (0.05, 1)), a quarter the replay's action plus noise (std 0.2), the rest
     uniform; the last ``focus`` replaced by copies of the ensemble's ``FOCUS_TOP`` best of
-    ``FOCUS_PROBES`` uniform probes, jittered (std 0.1)."""
+    ``FOCUS_PROBES`` uniform probes, jittered (std 0.1). ``feats``: as for ``ensemble_logits``."""
     if k < 4 or not 0 <= focus <= k:
         raise ValueError(f"need k >= 4 candidates and 0 <= focus <= k, got k={k}, focus={focus}")
     b = len(actions)
@@ -60,7 +68,7 @@ def distill_candidates(
         probe = rng.uniform(-1, 1, (b, FOCUS_PROBES, 6)).astype(np.float32)
         probe[:, FOCUS_PROBES // 2 :, 4:] = rng.uniform(0.05, 1, (b, FOCUS_PROBES // 2, 2))
         probes = torch.from_numpy(probe)
-        best = ensemble_logits(teachers, images, states, probes).topk(FOCUS_TOP, dim=1).indices
+        best = ensemble_logits(teachers, images, states, probes, feats).topk(FOCUS_TOP, dim=1).indices
         top = probes.gather(1, best[..., None].expand(-1, -1, 6))
         jitter = torch.from_numpy(rng.normal(0, 0.1, (b, focus, 6)).astype(np.float32))
         near = (top.repeat(1, -(-focus // FOCUS_TOP), 1)[:, :focus] + jitter).clamp(-1, 1)
@@ -81,9 +89,9 @@ def distill(
     on_step: Callable[[int, float, QNetwork], None] | None = None,
 ) -> QNetwork:
     """A copy of ``teachers[0]`` fitted for ``steps`` Adam steps to the teachers' mean logit, on states
-        from ``sample(n)`` (a dict with ``images`` (n, C, H, W) uint8, ``states`` and ``actions``, as a replay
-        samples them). Deterministic for a seed and the same samples. ``on_step(step, loss, student)``: progress
-    (the student in training mode, to be validated under ``torch.no_grad``)."""
+    from ``sample(n)`` (a dict with ``images`` (n, C, H, W) uint8, ``states`` and ``actions``, as a replay
+    samples them). Deterministic for a seed and the same samples. ``on_step(step, loss, student)``:
+    progress (the student in training mode, to be validated under ``torch.no_grad``)."""
     if len(teachers) < 2 or steps < 1:
         raise ValueError("distillation needs at least two critics and steps >= 1")
     rng = np.random.default_rng(seed)
@@ -95,8 +103,12 @@ def distill(
         rows = sample(batch)
         images, states = torch.as_tensor(rows["images"]), torch.as_tensor(rows["states"])
         images = random_shift(images, aug_pad, gen) if aug_pad else images
-        c = distill_candidates(rng, teachers, images, states, np.asarray(rows["actions"]), cands, focus)
-        target = ensemble_logits(teachers, images, states, c)
+        with torch.no_grad():
+            feats = [t.features(images) for t in teachers]  # once per batch: the candidates' and the targets'
+        c = distill_candidates(
+            rng, teachers, images, states, np.asarray(rows["actions"]), cands, focus, feats
+        )
+        target = ensemble_logits(teachers, images, states, c, feats)
         loss = ((student.head(student.features(images), states, c) - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()

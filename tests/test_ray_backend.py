@@ -129,6 +129,29 @@ def test_bellman_actor_matches_the_local_target_computation(ray) -> None:
     assert (local > 0).sum() > 0 and torch.allclose(torch.tensor(out["next_values"]), local, atol=1e-6)
 
 
+def test_plain_ray_samples_need_no_targets_and_match_the_local_draw(ray) -> None:
+    from rcan.qtopt.ray_backend import RayReplay
+
+    args = make_args("tiny")
+    rng = np.random.default_rng(1)
+    buf = ReplayBuffer(100, (3, 64, 64), args.gamma, args.n_step)
+    for e in range(6):
+        ep = _episode(rng, "scripted", 5, e % 2 == 1)
+        buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards))
+    buffers = {"scripted": buf, "policy": ReplayBuffer(10, (3, 64, 64))}
+    mix = (("policy", 0.5), ("scripted", 1.0))
+    remote = RayReplay(buffers, args, bellman_actors=1)
+    try:  # no sync_targets: a plain batch is drawn by the replay actor alone, with a seed from our RNG
+        got = remote.sample_plain(8, mix, np.random.default_rng(4))
+    finally:
+        remote.close()
+    seed = int(np.random.default_rng(4).integers(2**62))
+    want = mixed_sample(buffers, 8, mix, np.random.default_rng(seed))
+    assert "next_values" not in got and set(got) == set(want)
+    for k, v in want.items():
+        assert np.array_equal(got[k], v, equal_nan=v.dtype.kind == "f"), k
+
+
 class _KillOnce:
     """Delegates to RayCollectors; once data has arrived, snapshots the replay and kills collector 0."""
 

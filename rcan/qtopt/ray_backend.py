@@ -419,6 +419,11 @@ class RayReplay:
         out = self._ray.get(self._inflight.popleft())
         return {k: np.array(v) for k, v in out.items() if k != "target_version"}
 
+    def sample_plain(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        self._check_adds()
+        drawn = self._replay.sample.remote(batch, mix, int(rng.integers(2**62)))
+        return {k: np.array(v) for k, v in self._ray.get(drawn).items()}
+
     def buffers(self) -> dict[str, ReplayBuffer]:
         """A copy of the buffers, fetched from the replay actor (checkpoints)."""
         self._check_adds()

@@ -426,6 +426,10 @@ class ReplaySource(Protocol):
     ) -> dict[str, np.ndarray]:
         """A training batch (:func:`mixed_sample`'s fields, or without ``next_*`` and with ``next_values``)."""
 
+    def sample_plain(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A batch of :func:`mixed_sample`'s fields and no Bellman targets, for work that needs only the
+        stored transitions (distillation), so a remote replay does not compute unused targets."""
+
     def sizes(self) -> dict[str, int]:
         """Sampleable transitions per buffer."""
 
@@ -456,6 +460,9 @@ class LocalReplay:
         self, batch: int, mix: Mix, rng: np.random.Generator, outcomes: float = 0.0, mirror: float = 0.0
     ) -> dict[str, np.ndarray]:
         return mixed_sample(self._buffers, batch, mix, rng, outcomes, mirror)
+
+    def sample_plain(self, batch: int, mix: Mix, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return mixed_sample(self._buffers, batch, mix, rng)
 
     def sizes(self) -> dict[str, int]:
         return {k: len(b) for k, b in self._buffers.items()}

@@ -478,7 +478,7 @@ class Trainer:
         try:
             student = distill(
                 nets,
-                lambda n: self.replay.sample(n, self.batch_mix(), rng),
+                lambda n: self.replay.sample_plain(n, self.batch_mix(), rng),
                 a.distill_steps,
                 seed=a.seed,
                 aug_pad=a.aug_pad,

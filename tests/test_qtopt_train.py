@@ -239,6 +239,18 @@ def test_an_ensemble_is_distilled_into_one_agent_network(tmp_path) -> None:
         make_args("tiny", ensemble_members=3, ensemble_spacing=0.3, distill_steps=-1)
 
 
+def test_the_default_preset_distils_and_finetuning_keeps_one_critic(tmp_path) -> None:
+    default = make_args("default")
+    assert (default.ensemble_members, default.distill_steps) == (3, 4000)
+    assert default.minutes + 6 + 12 <= default.budget_minutes  # distillation and a slow check still fit
+    agent = tmp_path / "agent.safetensors"
+    finetune = make_args("default", finetune_from=str(agent), real_episodes=10)
+    assert (finetune.ensemble_members, finetune.distill_steps) == (1, 0)
+    asked = make_args("default", finetune_from=str(agent), real_episodes=10, ensemble_members=2, distill_steps=0)
+    assert asked.ensemble_members == 2  # an explicit choice stands
+    assert (make_args("tiny").ensemble_members, make_args("tiny").distill_steps) == (1, 0)
+
+
 def test_distillation_moves_a_critic_towards_the_ensembles_mean_logit() -> None:
     from rcan.qtopt.distill import distill, distill_candidates, ensemble_logits
     from rcan.qtopt.network import QNetConfig, QNetwork

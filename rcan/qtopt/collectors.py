@@ -301,7 +301,7 @@ class RetryPractice:
     Why: at test time ``CheckedPolicy`` lifts each grasp, checks it and, when it holds nothing, reopens
     one step lower and hands the attempt back to the agent; an attempt then succeeds only if that second
     closing holds. The agents were never trained on such states (an empty grasp lifted, reopened above
-    objects it may have pushed), and measured on the shipped agent's checked attempts, a closing after a
+    objects it may have pushed), and measured on the earlier shipped agent's checked attempts, a closing after a
     rejected one held 59% of the time against 73-75% for a first closing. Here, when the agent closes and
     terminates with room for a retry, ``GraspEnv.try_grasps`` judges that closing first; the outcome is
     stored as a one-step terminal transition (a counterfactual grasp of the agent's own action), and if

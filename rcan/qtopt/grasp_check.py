@@ -18,7 +18,7 @@ The check (``fit_check``) is a copy of the agent's critic fitted to the outcome 
 state, for the action "terminate here" (binary cross-entropy, random shifts, the critic's weights as the
 start). Its data are lifted grasps the agent itself makes in simulation on *training* objects, in its
 training domain, labelled by the simulator's success: the check sees exactly what the agent sees. Measured
-on the shipped agent over five object sets (benchmarks/RESULTS.md, 2026-12-05): 73.1% acting as trained,
+on the earlier shipped agent over five object sets (benchmarks/RESULTS.md, 2026-12-05): 73.1% acting as trained,
 87.5% with its fitted check (3 steps up, threshold 0.6), 88.4-89.0% with a privileged one (a finger
 touching an object), 88.2% with one that is never wrong (``benchmarks/probe_oracle_check.py``); the
 critic as trained judges lifted states poorly (it rarely saw them), hence the fitted copy.
@@ -69,7 +69,7 @@ class CheckConfig:
     """End the attempt when the check's success estimate is at least this; otherwise reopen."""
     min_steps_left: int = 5
     """Reopen only if at least this many of the attempt's steps remain, the reopening included (else end
-    the attempt as it is). The shipped agent with its check: 87.5% with 5, 84.5% with 3 (a late reopening
+    the attempt as it is). The earlier shipped agent with its check: 87.5% with 5, 84.5% with 3 (a late reopening
     of a grasp the check wrongly rejects has no time to recover; with a privileged check 3 was better,
     89.0% against 88.4%)."""
     max_retries: int = 3
@@ -79,7 +79,7 @@ class CheckConfig:
     early_threshold: float = 0.0
     """Also check after each lift step before the last, and reopen at once below this estimate (0: off;
     needs a check fitted on every lift level, ``fit_check(all_levels=True)``): a plainly empty grasp
-    then costs fewer of the attempt's steps. Measured on the shipped agent: 85.9% (0.1) and 84.7% (0.2)
+    then costs fewer of the attempt's steps. Measured on the earlier shipped agent: 85.9% (0.1) and 84.7% (0.2)
     against 87.5% off, over five object sets, judging from the first step up (``early_from`` 1)."""
     early_from: int = 1
     """The first lift step after which ``early_threshold`` judges (1: after every step up before the
@@ -88,26 +88,26 @@ class CheckConfig:
     """With fewer than ``min_steps_left`` steps left (too few for another checked grasp) but at least
     ``late_min_steps_left``, still reopen below this estimate; the agent's next closing then ends the
     attempt unchecked (0: off). A plainly empty grasp fails anyway, so a last unchecked grasp can only
-    add successes; a wrongly rejected good grasp is what it risks. Measured on the shipped agent (0.3,
+    add successes; a wrongly rejected good grasp is what it risks. Measured on the earlier shipped agent (0.3,
     4 steps left): 86.1% against 87.5% off, over five object sets."""
     late_min_steps_left: int = 4
     """The fewest steps left, the reopening included, for a late reopening (the reopening, then at
     least a descent and a closing)."""
     views: int = 1
     """Average the check's logit over this many shifted copies of the image (1: the image alone). Measured
-    on the test objects' checks (``benchmarks/score_check.py``): AUC 0.936 -> 0.936 (shipped agent) and
+    on the test objects' checks (``benchmarks/score_check.py``): AUC 0.936 -> 0.936 (earlier shipped agent) and
     0.944 -> 0.952 (fifth seed) with 5 views; not a lever, since a never-wrong check adds 1-2 points."""
     close_by: int = 0
     """If the agent has not closed the open gripper for a checked grasp by this step of the attempt
     (1-based; 0: off), take the best closing the critic sees from there instead of its move (CEM over the
-    moves with close and end held on), then lift and check it as usual. Why: 5-7% of the shipped agent's
-    attempts close too late for a retry or not at all (hovering near the floor). Measured on the shipped
+    moves with close and end held on), then lift and check it as usual. Why: 5-7% of the earlier shipped agent's
+    attempts close too late for a retry or not at all (hovering near the floor). Measured on the earlier shipped
     agent over five object sets (2026-12-06): 85.1% (10) and 85.9% (9) against 87.5% off: the forced
     closings also pre-empt closings the agent was still aiming; off by default."""
     last_close: bool = True
     """On the attempt's last step with the gripper open, take the best closing (one search, in place of the
     agent's own): an attempt that ends with the gripper open has failed, a closing there may hold
-    something. Measured on the shipped agent over 15 object sets (2026-12-06): 86.0% against 85.1% without
+    something. Measured on the earlier shipped agent over 15 object sets (2026-12-06): 86.0% against 85.1% without
     (102 such closings, 35 held)."""
     empty_opening: float = 0.0
     """Read the gripper's opening (``obs["gripper_opening"]``, its position encoder) after each lift step:

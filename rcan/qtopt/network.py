@@ -134,7 +134,7 @@ class QNetConfig:
     training only), and give the read-out's local head the read sign w in [-1, 1] and its alignment with
     the yaw the fingers will close at, w * cos(2 psi). Why: an agent's closing yaw decides a grasp nearly
     as much as its aim (exact aim lifts 89% of objects at the wall-parallel yaw, 60-62% at 60 degrees
-    off it), and the shipped agent closes no nearer that yaw than at random (benchmarks/RESULTS.md,
+    off it), and the earlier shipped agent closes no nearer that yaw than at random (benchmarks/RESULTS.md,
     2026-12-03); with this the critic is given "how aligned" as one number instead of having to find
     the product of a wall's direction and the gripper's yaw from rewards alone. Needs ``gripper_yaw``."""
 

@@ -79,3 +79,13 @@ def test_learning_curves_of_the_agents_that_have_greedy_episodes(tmp_path) -> No
         (run / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = rep.learning_curves(out)
     assert path == out / "learning_curves.png" and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table1_agents_train_as_the_paper_s_one_critic_without_a_check() -> None:
+    from rcan.qtopt.args import make_args
+
+    args = rep.ReproduceArgs(out="unused")
+    for agent in ("canonical", "rcan"):
+        o = rep._train_overrides(args, agent, "gen.safetensors")
+        targs = make_args(args.agent_preset, **{k: v for k, v in o.items() if v is not None})
+        assert (targs.ensemble_members, targs.distill_steps, targs.check_grasps) == (1, 0, 0)

@@ -177,6 +177,8 @@ def _train_overrides(args: ReproduceArgs, agent: str, generator: str) -> dict[st
         "backend": args.backend,
         "address": args.address,
         "check_grasps": 0,  # Table 1's agents act as the paper's: no grasp check (rcan.qtopt.grasp_check)
+        "ensemble_members": 1,  # and one critic, never distilled from snapshots (rcan.qtopt.distill)
+        "distill_steps": 0,
     }
     if agent == "rcan":
         o["generator"] = generator

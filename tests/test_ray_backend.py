@@ -89,16 +89,21 @@ def _episode(rng: np.random.Generator, kind: str, steps: int, success: bool) -> 
     )
 
 
+def _scripted_buffers(args, rng: np.random.Generator) -> dict[str, ReplayBuffer]:
+    """Six short scripted episodes (every other one a success) and an empty on-policy buffer."""
+    buf = ReplayBuffer(100, (3, 64, 64), args.gamma, args.n_step)
+    for e in range(6):
+        ep = _episode(rng, "scripted", 5, e % 2 == 1)
+        buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards))
+    return {"scripted": buf, "policy": ReplayBuffer(10, (3, 64, 64))}
+
+
 def test_bellman_actor_matches_the_local_target_computation(ray) -> None:
     from rcan.qtopt.ray_backend import BellmanActor, to_arrays
 
     args = make_args("tiny")
     rng = np.random.default_rng(0)
-    buf = ReplayBuffer(100, (3, 64, 64), args.gamma, args.n_step)
-    for e in range(6):
-        ep = _episode(rng, "scripted", 5, e % 2 == 1)
-        buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards))
-    buffers = {"scripted": buf, "policy": ReplayBuffer(10, (3, 64, 64))}
+    buffers = _scripted_buffers(args, rng)
     batch = mixed_sample(buffers, 8, (("policy", 0.5), ("scripted", 1.0)), rng)
     trainer = Trainer(args)
     with torch.no_grad():
@@ -133,12 +138,7 @@ def test_plain_ray_samples_need_no_targets_and_match_the_local_draw(ray) -> None
     from rcan.qtopt.ray_backend import RayReplay
 
     args = make_args("tiny")
-    rng = np.random.default_rng(1)
-    buf = ReplayBuffer(100, (3, 64, 64), args.gamma, args.n_step)
-    for e in range(6):
-        ep = _episode(rng, "scripted", 5, e % 2 == 1)
-        buf.add_episode(EpisodeSteps(ep.images, ep.states, ep.actions, ep.rewards))
-    buffers = {"scripted": buf, "policy": ReplayBuffer(10, (3, 64, 64))}
+    buffers = _scripted_buffers(args, np.random.default_rng(1))
     mix = (("policy", 0.5), ("scripted", 1.0))
     remote = RayReplay(buffers, args, bellman_actors=1)
     try:  # no sync_targets: a plain batch is drawn by the replay actor alone, with a seed from our RNG

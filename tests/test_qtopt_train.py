@@ -371,11 +371,12 @@ def test_joint_finetuning_can_continue_the_training_run(tmp_path) -> None:
 def test_runs_saved_before_the_new_defaults_resume_as_they_were() -> None:
     from rcan.qtopt.args import args_from_json, args_to_json
 
-    d = json.loads(args_to_json(make_args("tiny")))
-    for name in ("mc_lower_bound", "gripper_keypoint", "finetune_continue"):
+    d = json.loads(args_to_json(make_args("default")))
+    for name in ("mc_lower_bound", "gripper_keypoint", "finetune_continue", "ensemble_members", "distill_steps"):
         del d[name]
     old = args_from_json(json.dumps(d))
     assert not old.mc_lower_bound and not old.gripper_keypoint and not old.finetune_continue
+    assert (old.ensemble_members, old.distill_steps) == (1, 0)  # one critic, as such runs trained
     assert make_args("default").mc_lower_bound and make_args("default").gripper_keypoint
 
 

@@ -599,6 +599,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "finger_readout": False,
     "view_shifts": 1,
     "rerank": 0,
+    "ensemble_members": 1,
+    "distill_steps": 0,
 }
 """Values of fields added after runs were saved without them: what those runs did (the defaults changed)."""
 

@@ -27,6 +27,13 @@ FOCUS_TOP = 8
 """The ensemble's best this-many probes, jittered into the focused candidates."""
 
 
+def teacher_features(teachers: Sequence[QNetwork], images: torch.Tensor) -> list[torch.Tensor]:
+    """Each critic's image features of ``images`` (no gradients): computed once per batch and shared by
+    the focused candidates and the targets."""
+    with torch.no_grad():
+        return [t.features(images) for t in teachers]
+
+
 def ensemble_logits(
     teachers: Sequence[QNetwork],
     images: torch.Tensor,
@@ -36,9 +43,9 @@ def ensemble_logits(
 ) -> torch.Tensor:
     """The critics' mean logit (B, K) for K candidate actions (B, K, 6) per state. ``feats``: each
     critic's image features of ``images``, when already computed (a tower once per batch, not per call)."""
+    if feats is None:
+        feats = teacher_features(teachers, images)
     with torch.no_grad():
-        if feats is None:
-            feats = [t.features(images) for t in teachers]
         return torch.stack([t.head(f, states, cands) for t, f in zip(teachers, feats, strict=True)]).mean(0)
 
 
@@ -103,8 +110,7 @@ def distill(
         rows = sample(batch)
         images, states = torch.as_tensor(rows["images"]), torch.as_tensor(rows["states"])
         images = random_shift(images, aug_pad, gen) if aug_pad else images
-        with torch.no_grad():
-            feats = [t.features(images) for t in teachers]  # once per batch: the candidates' and the targets'
+        feats = teacher_features(teachers, images)
         c = distill_candidates(
             rng, teachers, images, states, np.asarray(rows["actions"]), cands, focus, feats
         )

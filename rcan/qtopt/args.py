@@ -203,7 +203,7 @@ class TrainArgs:
     rerank: int = 16
     """With ``view_shifts`` > 1, the saved agent's CEM searches on the unshifted view alone and re-scores
     its this-many best candidates on all views (0: search on the mean over all views, 4-5x the one-view CEM time).
-    Recorded in the agent file. 16: +3.4 to +3.8 points over one view on three agents at 5.8 ms per step (bench_qtopt.py)."""
+    Recorded in the agent file. 16: +3.4 to +3.8 points over one view on three agents at 5.8-7.6 ms per step (bench_qtopt.py)."""
     search_critics: int = 0
     """With ``ensemble_members`` > 1 and ``rerank``: the saved agent's CEM searches with its first this-many
     critics and re-scores the ``rerank`` best candidates on all of them (0: searches with all; each critic

@@ -115,7 +115,7 @@ def test_a_late_reopening_leaves_the_last_closing_unchecked() -> None:
     p = CheckedPolicy(ClosesAtThird(), Constant(0.1), cfg)
     acts = _run(p)
     assert [i for i, a in enumerate(acts) if np.array_equal(a, REOPEN)] == [4, 9, 14]
-    assert len(acts) == 18 and len(p.checks) == 3 and p.decisions == ["reopen"] * 3
+    assert len(acts) == 18 and len(p.checks) == 3 and p.decisions == ["reopen", "reopen", "late-reopen"]
     np.testing.assert_array_equal(acts[-1], CLOSE_AND_END)  # the last closing ends the attempt as is
     for check, config in ((0.1, CheckConfig(lift=1, max_steps=18)), (0.5, cfg)):  # off / not plainly empty
         q = CheckedPolicy(ClosesAtThird(), Constant(check), config)
@@ -186,16 +186,19 @@ def test_check_summary_sorts_a_checked_agents_attempts() -> None:
         {"success": False, "check_decisions": ["early-pass", "early-reopen", "end"]},
         {"success": False, "check_decisions": []},
         {"success": True, "check_decisions": ["early-pass", "accept"]},
+        {"success": True, "check_decisions": ["reopen", "late-reopen"]},  # a last unchecked retry held
     ]
     assert check_summary(attempts) == {
         "first_accepted": 3,
         "held_after_first_accept": 2,
-        "first_reopened": 3,
-        "succeeded_after_first_reopen": 1,
+        "first_reopened": 4,
+        "succeeded_after_first_reopen": 2,
         "failed_accepted": 1,
         "failed_after_reopen": 1,
         "failed_ended_below_threshold": 1,
         "failed_unchecked": 1,
+        "late_reopened": 1,
+        "succeeded_after_late_reopen": 1,
     }
     assert check_summary([{"success": True}]) is None  # an agent without a check
 

@@ -298,6 +298,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"accepted and lost, {c['failed_after_reopen']} failed after the last reopening, "
             f"{c['failed_ended_below_threshold']} ended below the threshold (no room left), "
             f"{c['failed_unchecked']} never checked"
+            + (
+                f"; {c['late_reopened']} late reopenings ({c['succeeded_after_late_reopen']} succeeded)"
+                if c.get("late_reopened")
+                else ""
+            )
         )
     y = r["yaw"]
     if y["mean_offset_successes"] is not None or y["mean_offset_failures"] is not None:

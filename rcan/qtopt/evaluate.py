@@ -292,7 +292,8 @@ def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
     for an agent without a check): its first decision (accepted, or reopened for a retry) and how those
     attempts ended, and the failures by kind: a grasp the check accepted and lost; a retry after the
     last reopening that failed (too late to be checked, or no closing at all); a grasp below the threshold
-    ended for want of steps or retries; no grasp checked at all."""
+    ended for want of steps or retries; no grasp checked at all. Also the late reopenings
+    (``late_threshold``: an unchecked last retry) and how many of those attempts succeeded."""
     rows = [a for a in per_attempt if "check_decisions" in a]
     if not rows:
         return None
@@ -306,16 +307,21 @@ def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
             "failed_after_reopen",
             "failed_ended_below_threshold",
             "failed_unchecked",
+            "late_reopened",
+            "succeeded_after_late_reopen",
         ],
         0,
     )
     for a in rows:
         decided = [x for x in a["check_decisions"] if x != "early-pass"]  # a pass decides nothing yet
         first = decided[0] if decided else None
+        if "late-reopen" in decided:
+            out["late_reopened"] += 1
+            out["succeeded_after_late_reopen"] += bool(a["success"])
         if first == "accept":
             out["first_accepted"] += 1
             out["held_after_first_accept"] += bool(a["success"])
-        elif first in ("reopen", "early-reopen"):
+        elif first in ("reopen", "early-reopen", "late-reopen"):
             out["first_reopened"] += 1
             out["succeeded_after_first_reopen"] += bool(a["success"])
         if a["success"]:

@@ -155,8 +155,9 @@ class CheckedPolicy:
         """This attempt's check estimates, in order (a retry follows each one below the threshold)."""
         self.decisions: list[str] = []
         """What each of ``checks`` decided (same order): ``accept`` (end the attempt), ``reopen`` (retry),
-        ``end`` (below the threshold but no room or retries left: end anyway); early checks
-        (``early_threshold``) ``early-reopen`` or ``early-pass`` (lift on)."""
+        ``end`` (below the threshold but no room or retries left: end anyway), ``late-reopen`` (a last
+        unchecked retry, ``late_threshold``); early checks (``early_threshold``) ``early-reopen`` or
+        ``early-pass`` (lift on)."""
         self.empty_reopens = 0
         """This attempt's reopenings on an empty gripper (``CheckConfig.empty_opening``)."""
         self.forced_closings = 0
@@ -202,7 +203,7 @@ class CheckedPolicy:
                 self.decisions.append("accept" if p >= c.threshold else "end")
                 self._phase = "end"
                 return TERMINATE_HERE.copy()
-            self.decisions.append("reopen")
+            self.decisions.append("reopen" if left >= c.min_steps_left else "late-reopen")
             return self._reopen()
         if self._phase == "end":
             return TERMINATE_HERE.copy()

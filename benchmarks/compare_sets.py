@@ -21,27 +21,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binomtest, t
 
 from rcan.qtopt.evaluate import wilson_interval
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
-def t975(dof: int) -> float:
-    """The two-sided 95% Student t quantile for ``dof`` degrees of freedom (tabled, the nearest lower row)."""
-    rows = [d for d in T975 if d <= dof]
-    return T975[max(rows)] if rows else T975[1]
 
 
 def sign_test(better: int, worse: int) -> float:
     """Two-sided exact sign test p-value (ties dropped)."""
-    n = better + worse
-    if n == 0:
-        return 1.0
-    k = min(better, worse)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return binomtest(better, better + worse).pvalue if better + worse else 1.0
 
 
 def per_set(run: Path) -> dict[int, tuple[int, int]]:
@@ -83,7 +70,7 @@ def report(diff: np.ndarray) -> None:
     better, worse = int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
     mean = float(diff.mean())
     if len(diff) > 1:
-        half = t975(len(diff) - 1) * float(diff.std(ddof=1)) / math.sqrt(len(diff))
+        half = float(t.ppf(0.975, len(diff) - 1)) * float(diff.std(ddof=1)) / math.sqrt(len(diff))
         ci = f" [{mean - half:+.1f}, {mean + half:+.1f}] (95% t-interval over sets)"
     else:
         ci = ""

@@ -72,6 +72,7 @@ def _agent_section(out: Path, seed: int, attempts: int) -> list[str]:
     if not (SHIPPED_AGENT / "agent.safetensors").is_file():
         return lines + [f"No agent ships yet ({SHIPPED_AGENT} is missing): skipped.", ""]
     from rcan.qtopt.evaluate import run_evaluation
+    from rcan.qtopt.grasp_check import REOPEN_DECISIONS
 
     r = run_evaluation(None, "canonical", attempts=attempts, seed=seed, out=str(out / "agent"))
     lo, hi = r["wilson95"]
@@ -82,7 +83,7 @@ def _agent_section(out: Path, seed: int, attempts: int) -> list[str]:
     )
     if r.get("grasp_check"):
         rows = r["per_attempt"]
-        reopened = sum(d in ("reopen", "early-reopen") for a in rows for d in a.get("check_decisions", []))
+        reopened = sum(d in REOPEN_DECISIONS for a in rows for d in a.get("check_decisions", []))
         last = sum(int(a.get("forced_closings", 0)) for a in rows)
         summary += (
             f" The agent acts with its grasp check: it lifts each grasp {r['grasp_check']['lift']} steps, "

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rcan.qtopt.collectors import starts_a_grasp
+from rcan.qtopt.grasp_check import REOPEN_DECISIONS
 
 NEAR_OBJECT = 0.03
 """Closing within this x-y distance (m) of an object's centre counts as "closed at an object" (objects are
@@ -321,7 +322,7 @@ def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
         if first == "accept":
             out["first_accepted"] += 1
             out["held_after_first_accept"] += bool(a["success"])
-        elif first in ("reopen", "early-reopen", "late-reopen"):
+        elif first in REOPEN_DECISIONS:
             out["first_reopened"] += 1
             out["succeeded_after_first_reopen"] += bool(a["success"])
         if a["success"]:

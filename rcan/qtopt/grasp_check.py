@@ -48,6 +48,8 @@ from rcan.qtopt.network import QNetConfig, QNetwork
 CHECK_FILE = "check.safetensors"
 CHECK_DATA_FILE = "check_data.h5"
 CHECK_FORMAT = "rcan.grasp_check"
+REOPEN_DECISIONS = ("reopen", "early-reopen", "late-reopen")
+"""The ``CheckedPolicy.decisions`` that reopen the gripper for another grasp."""
 TERMINATE_HERE = np.array([0, 0, 0, 0, 1, 1], dtype=np.float32)
 """The action the check scores: no move, gripper closed, end the attempt."""
 CHECK_MIN_GRASPS = 1000

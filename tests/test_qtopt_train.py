@@ -582,3 +582,53 @@ def test_counterfactual_grasps_become_one_step_terminal_transitions(tmp_path) ->
     logged = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
     assert logged[0]["branches"] == ep.branches
     assert sum(r["branches"] for r in logged if r["kind"] == "scripted") >= ep.branches
+
+
+def test_independent_critics_take_turns_and_all_ride_in_the_agent_file(tmp_path) -> None:
+    from rcan.qtopt.agent import load_networks
+
+    run = tmp_path / "run"
+    trainer = Trainer(make_args("tiny", out=str(run), seed=4, critics=2, ensemble_members=2, ensemble_spacing=0.3))
+    first, second = (c.net.state_dict() for c in trainer.critics)
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # independent initializations
+    summary = trainer.run()
+    steps = [int(c.opt.state_dict()["state"][0]["step"]) for c in trainer.critics]
+    assert sum(steps) == summary["grad_steps"] and abs(steps[0] - steps[1]) <= 1  # turn by turn
+    for i in (0, 1):
+        assert (run / "members" / ("member-1" + ("-c1" if i else "") + ".safetensors")).is_file()
+    nets, meta = load_networks(run)
+    assert meta["members"] == "3" and len(nets) == 4
+    for net, critic in zip(nets[:2], trainer.critics, strict=True):  # both final critics first
+        assert all(torch.equal(v, critic.net.state_dict()[n]) for n, v in net.state_dict().items())
+    member = load_network(run / "members" / "member-1-c1.safetensors")[0]
+    assert all(torch.equal(v, member.state_dict()[n]) for n, v in nets[3].state_dict().items())
+
+    # Exact round trip of both critics' weights, targets and optimizers.
+    restored = Trainer(resolve_args(str(run), None, True, {}))
+    saved_t, _ = load_safetensors(run / "train_state.safetensors")
+    now_t, _ = restored.state_tensors()
+    assert saved_t.keys() == now_t.keys() and any(k.startswith("critic1.opt.") for k in saved_t)
+    assert all(torch.equal(saved_t[k], now_t[k]) for k in saved_t)
+    # A one-critic state does not load into a two-critic trainer.
+    one = tmp_path / "one"
+    Trainer(make_args("tiny", out=str(one))).save_checkpoint()
+    two = Trainer(make_args("tiny", out=str(tmp_path / "two"), critics=2))
+    tensors, meta = load_safetensors(one / "train_state.safetensors")
+    with pytest.raises(ValueError, match="do not match"):
+        two._load_learner(one / "train_state.safetensors", tensors, meta)
+
+    with pytest.raises(ValueError, match="critics must be >= 1"):
+        make_args("tiny", critics=0)
+    with pytest.raises(ValueError, match="local backend"):
+        make_args("tiny", critics=2, backend="ray")
+    make_args("tiny", critics=2, distill_steps=5)  # two critics are an ensemble to distil
+
+
+def test_two_critics_are_distilled_into_one_agent_network(tmp_path) -> None:
+    from rcan.qtopt.agent import load_networks
+    from rcan.qtopt.train import ENSEMBLE_AGENT_FILE, train
+
+    run = tmp_path / "run"
+    summary = train(make_args("tiny", out=str(run), seed=5, critics=2, distill_steps=3))
+    assert summary["distill"]["critics"] == 2
+    assert len(load_networks(run)[0]) == 1 and len(load_networks(run / ENSEMBLE_AGENT_FILE)[0]) == 2

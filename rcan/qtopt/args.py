@@ -324,6 +324,14 @@ class TrainArgs:
     distillation minutes (2026-12-07)."""
     ensemble_spacing: float = 0.1
     """Budget fraction between ensemble members: with 3 members, the networks at 80%, 90% and 100%."""
+    critics: int = 1
+    """Beyond the paper: independent critics trained side by side on the same replay (a deep ensemble:
+    each its own initialization, target networks and optimizer, taking turns at the gradient steps, so
+    each gets ``1/critics`` of them; the collectors act with each in turn, one per weight push). All of
+    them, and each one's kept members, go into the final agent file and the distillation. Why: the
+    checkpoints of one run are ~10-20 minutes apart on one trajectory, and their ensemble's make-up (3 or
+    5 members, 10% or 20% apart) did not matter; independent critics disagree more. Not with joint
+    finetuning or the Ray backend (one critic there)."""
     distill_steps: int = 4000
     """Beyond the paper: with ``ensemble_members`` > 1, after training fit a copy of the final network to
     the ensemble's mean logit for this many steps on replay images (``rcan.qtopt.distill``) and save that
@@ -526,9 +534,14 @@ def _validated(args: TrainArgs) -> TrainArgs:
             "ensemble_members must be >= 1, and its members must lie inside the budget: "
             f"0 < ensemble_spacing * (ensemble_members - 1) < 1, got {span:g}"
         )
-    if args.distill_steps < 0 or (args.distill_steps > 0 and args.ensemble_members < 2):
+    if args.critics < 1:
+        raise ValueError(f"critics must be >= 1, got {args.critics}")
+    if args.critics > 1 and (args.finetune_from or args.backend != "local"):
+        raise ValueError("critics > 1 needs the local backend and no joint finetuning (one critic there)")
+    if args.distill_steps < 0 or (args.distill_steps > 0 and args.ensemble_members * args.critics < 2):
         raise ValueError(
-            f"distill_steps must be >= 0, and > 0 only with ensemble_members >= 2, got {args.distill_steps}"
+            "distill_steps must be >= 0, and > 0 only with ensemble_members >= 2 or critics >= 2, "
+            f"got {args.distill_steps}"
         )
     if args.scripted_lift_steps < 1:
         raise ValueError(f"scripted_lift_steps must be >= 1, got {args.scripted_lift_steps}")

@@ -20,11 +20,11 @@ One run directory holds everything:
 * ``snapshots/agent-NNNNNNN.safetensors``: with ``keep_snapshots``, the agent file of every checkpoint
   (named by gradient steps);
 * ``members/member-K.safetensors``: with ``ensemble_members`` > 1, the networks the final agent file
-  carries as its ensemble members;
+  carries as its ensemble members (``member-K-cI.safetensors``: critic I's, with ``critics`` > 1);
 * ``agent-ensemble.safetensors``: with ``distill_steps``, the ensemble's agent file; ``agent.safetensors``
   is then the one network distilled from it (``rcan.qtopt.distill``);
-* ``train_state.safetensors``: online and target nets, optimizer, counters, RNG states, recent statistics,
-  the name of the replay file that belongs to it;
+* ``train_state.safetensors``: online and target nets, optimizer (each critic's, with ``critics`` > 1),
+  counters, RNG states, recent statistics, the name of the replay file that belongs to it;
 * ``replay-NNNNNN.npz``: both replay buffers (plain arrays, no pickle).
 
 Kill safety: the replay file is written first under a new name, then the state file that names it (atomic),
@@ -111,6 +111,33 @@ ENSEMBLE_AGENT_FILE = "agent-ensemble.safetensors"
 
 
 # -- the trainer -----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Critic:
+    """One online critic with its own target networks (Polyak-averaged and lagged) and optimizer."""
+
+    net: QNetwork
+    target1: QNetwork
+    target2: QNetwork
+    opt: torch.optim.Optimizer
+
+    @classmethod
+    def new(cls, net: QNetwork, lr: float) -> Critic:
+        return cls(
+            net,
+            copy.deepcopy(net).requires_grad_(False),
+            copy.deepcopy(net).requires_grad_(False),
+            torch.optim.Adam(net.parameters(), lr=lr),
+        )
+
+    def modules(self) -> tuple[tuple[str, QNetwork], ...]:
+        return (("net", self.net), ("target1", self.target1), ("target2", self.target2))
+
+
+def critic_prefix(k: int) -> str:
+    """Training-state key prefix of critic ``k`` (the first keeps the one-critic names, so older runs load)."""
+    return "" if k == 0 else f"critic{k}."
+
+
 class Trainer:
     """Owns the networks, optimizer, replay buffers and counters; ``run`` drives collectors and training."""
 
@@ -121,10 +148,10 @@ class Trainer:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
         np.random.seed(args.seed % 2**32)  # noqa: NPY002 (the legacy global state is saved for exactness)
-        self.net = QNetwork(network_config(args))
-        self.target1 = copy.deepcopy(self.net).requires_grad_(False)
-        self.target2 = copy.deepcopy(self.net).requires_grad_(False)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=args.lr)
+        self.critics = [Critic.new(QNetwork(network_config(args)), args.lr)]
+        # Further critics: fresh initializations from the same seeded stream (none with one critic, whose
+        # runs so draw exactly the random numbers they drew before ``critics`` existed).
+        self.critics += [Critic.new(QNetwork(network_config(args)), args.lr) for _ in range(args.critics - 1)]
         shape = (image_channels(args.input, args.first_frame), args.image_size, args.image_size)
         masks = args.object_aux_weight > 0
         replays = {
@@ -157,6 +184,27 @@ class Trainer:
             self.load_checkpoint()
         elif args.finetune_from:
             self._start_from(args.finetune_from)
+
+    @property
+    def net(self) -> QNetwork:
+        """The first critic's online network: the one a checkpoint's agent file holds."""
+        return self.critics[0].net
+
+    @property
+    def target1(self) -> QNetwork:
+        return self.critics[0].target1
+
+    @property
+    def target2(self) -> QNetwork:
+        return self.critics[0].target2
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.critics[0].opt
+
+    def acting_network(self) -> QNetwork:
+        """The online network to push to the collectors: the critics take turns, one per push."""
+        return self.critics[(self.grad_steps // self.args.push_every) % len(self.critics)].net
 
     def _start_from(self, agent: str) -> None:
         """Joint finetuning starts from a trained agent: its weights in the online and both target nets
@@ -283,8 +331,12 @@ class Trainer:
 
     # -- learning -----------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        """One gradient step of the critic whose turn it is (``grad_steps`` modulo ``critics``)."""
         a = self.args
-        self.replay.sync_targets(self.target1, self.target2, self.grad_steps)  # no-op in-process
+        critic = self.critics[self.grad_steps % len(self.critics)]
+        own_steps = self.grad_steps // len(self.critics)  # this critic's steps so far
+        net = critic.net
+        self.replay.sync_targets(critic.target1, critic.target2, self.grad_steps)  # no-op in-process
         batch = self.sample()
         pad = a.aug_pad
         # Buffers keep object masks exactly when object_aux_weight > 0 (and then the network has an object map).
@@ -294,40 +346,40 @@ class Trainer:
         if "next_values" in batch:  # computed by the Ray Bellman actors
             v = batch["next_values"]
         else:
-            v = next_state_values(batch, self.target1, self.target2, target_cem(a), pad, self.torch_rng)
+            v = next_state_values(batch, critic.target1, critic.target2, target_cem(a), pad, self.torch_rng)
         y = bellman_targets(batch["returns"], batch["discounts"], v)
         floored = torch.zeros(())
         if a.mc_lower_bound:
             mc = batch["mc_returns"].clamp(0.0, 1.0)
             floored = (mc > y).float().mean()
             y = torch.maximum(y, mc)
-        feats = self.net.features(images)
-        logits = self.net.head(feats, batch["states"], batch["actions"][:, None])[:, 0]
+        feats = net.features(images)
+        logits = net.head(feats, batch["states"], batch["actions"][:, None])[:, 0]
         loss = F.binary_cross_entropy_with_logits(logits, y)
         aux = torch.zeros(())
-        if self.net.config.gripper_keypoint and a.gripper_aux_weight > 0:
-            aux = gripper_aux_loss(self.net, feats, batch["tool_pixels"], shifts, images.shape[-1])
+        if net.config.gripper_keypoint and a.gripper_aux_weight > 0:
+            aux = gripper_aux_loss(net, feats, batch["tool_pixels"], shifts, images.shape[-1])
             loss = loss + a.gripper_aux_weight * aux
         move = torch.zeros(())
-        if self.net.config.target_readout and a.move_aux_weight > 0:
+        if net.config.target_readout and a.move_aux_weight > 0:
             move = move_aux_loss(
-                self.net, feats, batch["states"], batch["actions"], batch["tool_pixels_after"], shifts, images.shape[-1]
+                net, feats, batch["states"], batch["actions"], batch["tool_pixels_after"], shifts, images.shape[-1]
             )
             loss = loss + a.move_aux_weight * move
         yaw = torch.zeros(())
-        if self.net.config.gripper_yaw and a.yaw_aux_weight > 0:
-            yaw = yaw_aux_loss(self.net, feats, batch["tool_yaws"])
+        if net.config.gripper_yaw and a.yaw_aux_weight > 0:
+            yaw = yaw_aux_loss(net, feats, batch["tool_yaws"])
             loss = loss + a.yaw_aux_weight * yaw
         finger = torch.zeros(())
-        if self.net.config.finger_readout and a.finger_aux_weight > 0:
+        if net.config.finger_readout and a.finger_aux_weight > 0:
             finger = finger_aux_loss(
-                self.net, feats, batch["states"], batch["actions"], batch["finger_pixels"], shifts, images.shape[-1]
+                net, feats, batch["states"], batch["actions"], batch["finger_pixels"], shifts, images.shape[-1]
             )
             loss = loss + a.finger_aux_weight * finger
         offsets = torch.zeros(())
-        if self.net.config.object_offsets:
+        if net.config.object_offsets:
             offsets = object_offset_loss(
-                self.net,
+                net,
                 feats,
                 batch["object_pixels"],
                 batch["tool_pixels_after"],
@@ -338,28 +390,28 @@ class Trainer:
             )
             loss = loss + a.object_offset_weight * offsets
         wall = torch.zeros(())
-        if self.net.config.wall_yaw:
+        if net.config.wall_yaw:
             wall = wall_yaw_loss(
-                self.net, feats, batch["wall_yaw_signs"], batch["tool_pixels_after"], shifts, images.shape[-1]
+                net, feats, batch["wall_yaw_signs"], batch["tool_pixels_after"], shifts, images.shape[-1]
             )
             loss = loss + a.wall_yaw_weight * wall
         obj = torch.zeros(())
         if masks is not None:
-            obj = object_aux_loss(self.net, feats, masks, batch["mask_known"])
+            obj = object_aux_loss(net, feats, masks, batch["mask_known"])
             loss = loss + a.object_aux_weight * obj
-        self.opt.zero_grad(set_to_none=True)
+        critic.opt.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), a.grad_clip)
-        for group in self.opt.param_groups:
-            group["lr"] = learning_rate(a, self.grad_steps)
-        self.opt.step()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
+        for group in critic.opt.param_groups:
+            group["lr"] = learning_rate(a, own_steps)
+        critic.opt.step()
         self.grad_steps += 1
         with torch.no_grad():
-            for p_t, p in zip(self.target1.parameters(), self.net.parameters(), strict=True):
+            for p_t, p in zip(critic.target1.parameters(), net.parameters(), strict=True):
                 p_t.lerp_(p, a.tau)
-            if self.grad_steps % a.lag_every == 0:
-                self.target2.load_state_dict(self.target1.state_dict())
+            if (own_steps + 1) % a.lag_every == 0:
+                critic.target2.load_state_dict(critic.target1.state_dict())
         q = torch.sigmoid(logits.detach())
         return {
             "loss": float(loss.detach()),
@@ -380,11 +432,15 @@ class Trainer:
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Everything but the replay buffers, as safetensors tensors + metadata."""
         tensors: dict[str, torch.Tensor] = {}
-        for name, net in (("net", self.net), ("target1", self.target1), ("target2", self.target2)):
-            tensors.update({f"{name}.{k}": v for k, v in net.state_dict().items()})
-        opt_t, opt_m = optimizer_state_to_tensors(self.opt, prefix="opt.")
+        opt_meta: dict[str, str] = {}
+        for i, critic in enumerate(self.critics):
+            pre = critic_prefix(i)
+            for name, net in critic.modules():
+                tensors.update({f"{pre}{name}.{k}": v for k, v in net.state_dict().items()})
+            opt_t, opt_m = optimizer_state_to_tensors(critic.opt, prefix=f"{pre}opt.")
+            tensors.update(opt_t)
+            opt_meta.update(opt_m)
         rng_t, rng_m = rng_state_to_tensors()
-        tensors.update(opt_t)
         tensors.update(rng_t)
         tensors["torch_rng"] = self.torch_rng.get_state()
         meta = {
@@ -402,7 +458,7 @@ class Trainer:
             ),
             "np_rng": json.dumps(self.rng.bit_generator.state),
             "replay_file": self.replay_file or "",
-            **opt_m,
+            **opt_meta,
             **rng_m,
         }
         return tensors, meta
@@ -496,39 +552,49 @@ class Trainer:
         a = self.args
         return [(k, 1.0 - k * a.ensemble_spacing) for k in range(a.ensemble_members - 1, 0, -1)]
 
-    def member_path(self, k: int) -> Path:
-        """Where ensemble member ``k`` is kept while training."""
-        return self.run_dir / MEMBER_DIR / f"member-{k}.safetensors"
+    def member_path(self, k: int, critic: int = 0) -> Path:
+        """Where ensemble member ``k`` of critic ``critic`` is kept while training."""
+        suffix = f"-c{critic}" if critic else ""
+        return self.run_dir / MEMBER_DIR / f"member-{k}{suffix}.safetensors"
 
     def save_member(self, k: int) -> None:
-        """Keep the online network as ensemble member ``k`` (overwriting one a resumed run redoes)."""
-        path = self.member_path(k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_agent(path, self.net, self.args.input, acting_cem(self.args), {"grad_steps": str(self.grad_steps)})
+        """Keep every critic's online network as ensemble member ``k`` (overwriting one a resumed run redoes)."""
+        for i, critic in enumerate(self.critics):
+            path = self.member_path(k, i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            meta = {"grad_steps": str(self.grad_steps)}
+            save_agent(path, critic.net, self.args.input, acting_cem(self.args), meta)
 
     def ensemble_members(self) -> list[QNetwork]:
-        """The kept members, the nearest to the end first (for the final agent file)."""
+        """The networks the final agent file holds beside the first critic's: the other critics' final
+        networks, then the kept members, the nearest to the end first (each point's critics in order)."""
         from rcan.qtopt.agent import load_network
 
-        nets = []
+        nets = [critic.net for critic in self.critics[1:]]
         for k, _ in reversed(self.member_points()):
-            path = self.member_path(k)
-            if not path.is_file():
-                raise FileNotFoundError(f"ensemble member {path} is missing (was {MEMBER_DIR}/ deleted mid-run?)")
-            nets.append(load_network(path)[0])
+            for i in range(len(self.critics)):
+                path = self.member_path(k, i)
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"ensemble member {path} is missing (was {MEMBER_DIR}/ deleted mid-run?)"
+                    )
+                nets.append(load_network(path)[0])
         return nets
 
     def _load_learner(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         """The online and target networks and the optimizer from a training state."""
         try:
-            for name, net in (("net", self.net), ("target1", self.target1), ("target2", self.target2)):
-                sd = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
-                net.load_state_dict(sd, strict=True)
+            for i, critic in enumerate(self.critics):
+                for name, net in critic.modules():
+                    key = f"{critic_prefix(i)}{name}."
+                    sd = {k[len(key) :]: v for k, v in tensors.items() if k.startswith(key)}
+                    net.load_state_dict(sd, strict=True)
         except RuntimeError as err:
             raise ValueError(
                 f"{path}: weights do not match the run's network ({str(err).splitlines()[0]})"
             ) from None
-        load_optimizer_state(self.opt, tensors, meta, prefix="opt.")
+        for i, critic in enumerate(self.critics):
+            load_optimizer_state(critic.opt, tensors, meta, prefix=f"{critic_prefix(i)}opt.")
 
     def load_checkpoint(self) -> None:
         path = self.run_dir / STATE_FILE
@@ -608,7 +674,7 @@ class Trainer:
                 trained = False
                 if self.ready():
                     if pushed < 0:
-                        coll.set_weights(self.net.state_dict(), self.grad_steps)
+                        coll.set_weights(self.acting_network().state_dict(), self.grad_steps)
                         pushed = self.grad_steps
                     budget = a.utd * (self.env_steps - self.learning_starts) + 1
                     if self.grad_steps < budget:
@@ -616,7 +682,7 @@ class Trainer:
                             stats[k].append(v)
                         trained = True
                         if self.grad_steps - pushed >= a.push_every:
-                            coll.set_weights(self.net.state_dict(), self.grad_steps)
+                            coll.set_weights(self.acting_network().state_dict(), self.grad_steps)
                             pushed = self.grad_steps
                         if self.grad_steps % a.log_every == 0:
                             now = time.monotonic()

@@ -621,6 +621,8 @@ def test_independent_critics_take_turns_and_all_ride_in_the_agent_file(tmp_path)
         make_args("tiny", critics=0)
     with pytest.raises(ValueError, match="local backend"):
         make_args("tiny", critics=2, backend="ray")
+    with pytest.raises(ValueError, match="trained 2 critics"):  # not silently critic 0 alone
+        Trainer(make_args("tiny", out=str(tmp_path / "ft"), finetune_from=str(run), real_episodes=2, finetune_continue=True))
     make_args("tiny", critics=2, distill_steps=5)  # two critics are an ensemble to distil
 
 

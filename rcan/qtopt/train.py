@@ -148,10 +148,9 @@ class Trainer:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
         np.random.seed(args.seed % 2**32)  # noqa: NPY002 (the legacy global state is saved for exactness)
-        self.critics = [Critic.new(QNetwork(network_config(args)), args.lr)]
-        # Further critics: fresh initializations from the same seeded stream (none with one critic, whose
-        # runs so draw exactly the random numbers they drew before ``critics`` existed).
-        self.critics += [Critic.new(QNetwork(network_config(args)), args.lr) for _ in range(args.critics - 1)]
+        # Each critic a fresh initialization from the seeded stream, one after another: a one-critic run
+        # draws exactly the random numbers it drew before ``critics`` existed.
+        self.critics = [Critic.new(QNetwork(network_config(args)), args.lr) for _ in range(args.critics)]
         shape = (image_channels(args.input, args.first_frame), args.image_size, args.image_size)
         masks = args.object_aux_weight > 0
         replays = {
@@ -232,6 +231,8 @@ class Trainer:
             raise ValueError(f"finetune_continue needs a training run directory with {STATE_FILE}; got {run}")
         tensors, meta = load_safetensors(state, expect_format=STATE_FORMAT)
         source_args = args_from_json(meta["args"])
+        if source_args.critics != 1:
+            raise ValueError(f"{run} trained {source_args.critics} critics; finetune_continue continues one")
         if source_args.camera != self.args.camera:
             raise ValueError(f"{run} was trained with camera={source_args.camera}, not {self.args.camera}")
         if network_config(source_args) != network_config(self.args) or source_args.input != self.args.input:

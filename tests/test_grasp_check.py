@@ -93,6 +93,7 @@ def test_an_empty_grasp_reopens_until_retries_or_steps_run_out() -> None:
     assert reopened == [4, 9]  # close at 3, lift at 4, check -> reopen at step 5; again 5 steps later
     assert len(p.checks) == 2 and all(c == pytest.approx(0.1) for c in p.checks)
     assert p.decisions == ["reopen", "reopen"]
+    assert p.check_steps == [5, 10]  # the attempt's step of each check: the room each decision had
     np.testing.assert_array_equal(actions[-1], CLOSE_AND_END)  # no retry left: the agent's own ending
     # near the step limit: no reopening, the attempt ends as it is
     late = CheckedPolicy(
@@ -252,7 +253,7 @@ def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
 
     r = run_evaluation(str(run), "canonical", attempts=2, seed=0, out=str(tmp_path / "ev"))
     assert r["grasp_check"]["lift"] == 1 and all("checks" in a for a in r["per_attempt"])
-    assert all(len(a["check_decisions"]) == len(a["checks"]) for a in r["per_attempt"])
+    assert all(len(a["check_decisions"]) == len(a["checks"]) == len(a["check_steps"]) for a in r["per_attempt"])
     assert sum(r["checks"][k] for k in r["checks"] if k.startswith("failed")) == 2 - r["successes"]
     r = run_evaluation(str(run), "canonical", attempts=1, seed=0, out=str(tmp_path / "ev2"), check=False)
     assert r["grasp_check"] is None and "checks" not in r["per_attempt"][0] and r["checks"] is None

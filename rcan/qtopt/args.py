@@ -199,7 +199,7 @@ class TrainArgs:
     """Shifted copies of the image the saved agent averages its Q over when ``rcan evaluate`` runs it
     (test-time augmentation with training's random shift; 1: off). Recorded in the agent file; the
     training run's own episodes act with one view. Five views raised three 24-minute agents by 1.6-6.9
-    points over five object sets (docs/agent.md)."""
+    points over five object sets (docs/agent-log.md)."""
     rerank: int = 16
     """With ``view_shifts`` > 1, the saved agent's CEM searches on the unshifted view alone and re-scores
     its this-many best candidates on all views (0: search on the mean over all views, 4-5x the one-view CEM time).

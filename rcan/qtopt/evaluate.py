@@ -194,6 +194,7 @@ def evaluate_policy(
             if hasattr(policy, "checks"):  # a CheckedPolicy: its success estimates at each check
                 row["checks"] = [round(float(p), 4) for p in policy.checks]
                 row["check_decisions"] = list(getattr(policy, "decisions", []))
+                row["check_steps"] = list(getattr(policy, "check_steps", []))
                 row["empty_reopens"] = int(getattr(policy, "empty_reopens", 0))
                 row["forced_closings"] = int(getattr(policy, "forced_closings", 0))
             per_attempt.append(row)

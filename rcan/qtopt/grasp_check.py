@@ -160,6 +160,8 @@ class CheckedPolicy:
         ``end`` (below the threshold but no room or retries left: end anyway), ``late-reopen`` (a last
         unchecked retry, ``late_threshold``); early checks (``early_threshold``) ``early-reopen`` or
         ``early-pass`` (lift on)."""
+        self.check_steps: list[int] = []
+        """The attempt's step (1-based) at which each of ``checks`` was made: how much room each decision had."""
         self.empty_reopens = 0
         """This attempt's reopenings on an empty gripper (``CheckConfig.empty_opening``)."""
         self.forced_closings = 0
@@ -175,6 +177,7 @@ class CheckedPolicy:
     def reset(self, info: Mapping[str, Any] | None = None) -> None:
         self.policy.reset(info)
         self.checks, self.decisions, self.empty_reopens, self.forced_closings = [], [], 0, 0
+        self.check_steps = []
         self._phase, self._lift_left, self._step, self._retries = "act", 0, 0, 0
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -193,6 +196,7 @@ class CheckedPolicy:
                 if early and left >= c.min_steps_left and self._retries < c.max_retries:
                     p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
                     self.checks.append(p)
+                    self.check_steps.append(self._step)
                     self.decisions.append("early-reopen" if p < c.early_threshold else "early-pass")
                     if p < c.early_threshold:
                         return self._reopen()
@@ -200,6 +204,7 @@ class CheckedPolicy:
                 return LIFT.copy()
             p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
             self.checks.append(p)
+            self.check_steps.append(self._step)
             room = left >= c.min_steps_left or (left >= c.late_min_steps_left and p < c.late_threshold)
             if p >= c.threshold or self._retries >= c.max_retries or not room:
                 self.decisions.append("accept" if p >= c.threshold else "end")

@@ -188,18 +188,22 @@ def test_check_summary_sorts_a_checked_agents_attempts() -> None:
         {"success": False, "check_decisions": []},
         {"success": True, "check_decisions": ["early-pass", "accept"]},
         {"success": True, "check_decisions": ["reopen", "late-reopen"]},  # a last unchecked retry held
+        {"success": False, "check_decisions": ["accept", "confirm"]},  # held 16 cm up, lost later
+        {"success": True, "check_decisions": ["accept", "confirm-reopen", "accept"]},  # slipped, regrasped
     ]
     assert check_summary(attempts) == {
-        "first_accepted": 3,
-        "held_after_first_accept": 2,
+        "first_accepted": 5,
+        "held_after_first_accept": 3,
         "first_reopened": 4,
         "succeeded_after_first_reopen": 2,
-        "failed_accepted": 1,
+        "failed_accepted": 2,
         "failed_after_reopen": 1,
         "failed_ended_below_threshold": 1,
         "failed_unchecked": 1,
         "late_reopened": 1,
         "succeeded_after_late_reopen": 1,
+        "confirm_reopened": 1,
+        "succeeded_after_confirm_reopen": 1,
     }
     assert check_summary([{"success": True}]) is None  # an agent without a check
 
@@ -335,10 +339,12 @@ def test_train_agent_fits_the_check_after_training_but_not_after_finetuning(tmp_
 
     run = tmp_path / "run"
     s = train(
-        make_args("tiny", out=str(run), collectors=0, check_grasps=10, check_lift=1, check_threshold=0.4)
+        make_args(
+            "tiny", out=str(run), collectors=0, check_grasps=10, check_lift=1, check_threshold=0.4, check_confirm=1
+        )
     )
     assert s["finished"] and s["check"]["grasps"] == 10 and (run / "check.safetensors").is_file()
-    assert load_check(run / "check.safetensors")[1] == CheckConfig(lift=1, threshold=0.4)
+    assert load_check(run / "check.safetensors")[1] == CheckConfig(lift=1, threshold=0.4, confirm=1)
     ft = tmp_path / "ft"
     s = train(
         make_args("tiny", out=str(ft), collectors=0, check_grasps=10, finetune_from=str(run), real_episodes=2)
@@ -348,6 +354,8 @@ def test_train_agent_fits_the_check_after_training_but_not_after_finetuning(tmp_
         make_args("tiny", check_grasps=3)
     with pytest.raises(ValueError, match="threshold"):
         make_args("tiny", check_threshold=2.0)
+    with pytest.raises(ValueError, match="confirm"):
+        make_args("tiny", check_confirm=-1)
 
 
 def test_an_early_check_reopens_after_the_first_lift_step() -> None:
@@ -453,3 +461,52 @@ def test_the_check_averages_its_logit_over_shifted_views() -> None:
     assert five == pytest.approx(float(torch.sigmoid(logits.mean())), abs=1e-6)
     with pytest.raises(ValueError, match="view_shifts"):
         CheckConfig(views=0)
+
+
+class Sequence(nn.Module):
+    """A check that gives the estimates of ``ps`` in turn, then the last one for ever."""
+
+    def __init__(self, *ps: float) -> None:
+        super().__init__()
+        self.ps, self.calls = list(ps), 0
+
+    def forward(self, images, states, actions) -> torch.Tensor:
+        p = self.ps[min(self.calls, len(self.ps) - 1)]
+        self.calls += 1
+        return torch.full((len(images),), float(np.log(p / (1 - p))))
+
+
+def test_an_accepted_grasp_rises_once_more_and_is_looked_at_again() -> None:
+    held = CheckedPolicy(ClosesAtThird(), Constant(0.9), CheckConfig(lift=2, confirm=1))
+    acts = _run(held)
+    assert len(acts) == 7 and held.decisions == ["accept", "confirm"] and held.check_steps == [6, 7]
+    for i in (3, 4, 5):  # two steps up, the check accepts, one more step up
+        np.testing.assert_array_equal(acts[i], LIFT)
+    np.testing.assert_array_equal(acts[6], TERMINATE_HERE)
+
+    slipped = CheckedPolicy(ClosesAtThird(), Sequence(0.9, 0.1, 0.9), CheckConfig(lift=2, confirm=1))
+    acts = _run(slipped)
+    np.testing.assert_array_equal(acts[6], REOPEN)  # lost on the way up: another grasp
+    assert slipped.decisions[:2] == ["accept", "confirm-reopen"] and slipped.decisions[-1] == "confirm"
+    np.testing.assert_array_equal(acts[-1], TERMINATE_HERE)
+
+    # too few steps for a reopening after the second look: the accepted grasp ends at once, as without it
+    late = CheckedPolicy(ClosesAtThird(), Constant(0.9), CheckConfig(lift=2, confirm=1, max_steps=11))
+    acts = _run(late)
+    assert len(acts) == 6 and late.decisions == ["accept"]
+    np.testing.assert_array_equal(acts[-1], TERMINATE_HERE)
+    with pytest.raises(ValueError, match="confirm"):
+        CheckConfig(confirm=-1)
+
+
+def test_a_second_look_needs_a_check_fitted_for_it(tmp_path) -> None:
+    torch.manual_seed(0)
+    run = tmp_path / "agent"
+    save_agent(run / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    s = fit_check(run, grasps=10, lift=1, epochs=1, jobs=1, confirm=1)
+    assert s["grasps"] == 10 and set(s["val_auc_by_lift_step"]) == {"1", "2"}  # both looks learned
+    config = load_check(run / "check.safetensors")[1]
+    assert config.lift == 1 and config.confirm == 1
+    assert with_check(ClosesAtThird(), run, confirm=0).config.confirm == 0  # may be switched off
+    with pytest.raises(ValueError, match="fitted for a second look up to 1"):
+        with_check(ClosesAtThird(), run, confirm=2)

@@ -362,6 +362,10 @@ class TrainArgs:
     The reopening rule (5 steps left, 3 retries) is in ``rcan.qtopt.grasp_check.CheckConfig``."""
     check_threshold: float = 0.6
     """The check ends the attempt at or above this success estimate, else reopens."""
+    check_confirm: int = 0
+    """After an accepted check, rise this many more steps and look again before ending
+    (``rcan.qtopt.grasp_check.CheckConfig.confirm``; the check's grasps are then lifted
+    ``check_lift + check_confirm`` steps and every step is learned). 0: off."""
     finetune_from: str | None = None
     """Joint finetuning (paper 4.3): start from this trained agent (run directory or agent file: its weights
     become the online and both target networks; fresh optimizer and replay) and learn from on-policy episodes
@@ -464,6 +468,7 @@ RESUMABLE = frozenset(
         "distill_steps",
         "check_lift",
         "check_threshold",
+        "check_confirm",
     }
 )
 """Fields that may change on resume (they do not change what the saved state means)."""
@@ -575,7 +580,7 @@ def _validated(args: TrainArgs) -> TrainArgs:
         )
     from rcan.qtopt.grasp_check import CheckConfig
 
-    CheckConfig(lift=args.check_lift, threshold=args.check_threshold)  # its own range checks
+    CheckConfig(lift=args.check_lift, threshold=args.check_threshold, confirm=args.check_confirm)  # range checks
     network_config(args)  # the network's own checks (which options need which)
     if args.real_episodes < 0 or not 0.0 < args.real_fraction < 1.0:
         raise ValueError("real_episodes must be >= 0 and real_fraction in (0, 1)")

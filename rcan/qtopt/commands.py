@@ -182,6 +182,14 @@ def register(sub: Any) -> None:
         metavar="P",
         help="also judge after each lift step and reopen at once below P (0: off; fits every lift step)",
     )
+    k.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after an accepted check, rise K more steps and look again before ending (0: off; the grasps "
+        "are lifted LIFT + K steps and every step is learned)",
+    )
     k.set_defaults(func=_cmd_train_check)
 
     c = sub.add_parser(
@@ -303,6 +311,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 if c.get("late_reopened")
                 else ""
             )
+            + (
+                f"; {c['confirm_reopened']} reopened after the second look "
+                f"({c['succeeded_after_confirm_reopen']} succeeded)"
+                if c.get("confirm_reopened")
+                else ""
+            )
         )
     y = r["yaw"]
     if y["mean_offset_successes"] is not None or y["mean_offset_failures"] is not None:
@@ -328,6 +342,7 @@ def _cmd_train_check(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         all_levels=args.early_threshold > 0,
         early_threshold=args.early_threshold,
+        confirm=args.confirm,
     )
     print(
         f"{s['grasps']} lifted grasps ({s['success_if_terminated']:.0%} would succeed), validation AUC "

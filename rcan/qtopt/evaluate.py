@@ -295,7 +295,8 @@ def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
     attempts ended, and the failures by kind: a grasp the check accepted and lost; a retry after the
     last reopening that failed (too late to be checked, or no closing at all); a grasp below the threshold
     ended for want of steps or retries; no grasp checked at all. Also the late reopenings
-    (``late_threshold``: an unchecked last retry) and how many of those attempts succeeded."""
+    (``late_threshold``: an unchecked last retry) and the reopenings after a second look
+    (``CheckConfig.confirm``), and how many of those attempts succeeded."""
     rows = [a for a in per_attempt if "check_decisions" in a]
     if not rows:
         return None
@@ -311,6 +312,8 @@ def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
             "failed_unchecked",
             "late_reopened",
             "succeeded_after_late_reopen",
+            "confirm_reopened",
+            "succeeded_after_confirm_reopen",
         ],
         0,
     )
@@ -320,6 +323,9 @@ def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
         if "late-reopen" in decided:
             out["late_reopened"] += 1
             out["succeeded_after_late_reopen"] += bool(a["success"])
+        if "confirm-reopen" in decided:
+            out["confirm_reopened"] += 1
+            out["succeeded_after_confirm_reopen"] += bool(a["success"])
         if first == "accept":
             out["first_accepted"] += 1
             out["held_after_first_accept"] += bool(a["success"])
@@ -331,7 +337,7 @@ def check_summary(per_attempt: list[dict[str, Any]]) -> dict[str, int] | None:
         last = decided[-1] if decided else None
         if last is None:
             out["failed_unchecked"] += 1
-        elif last == "accept":
+        elif last in ("accept", "confirm"):
             out["failed_accepted"] += 1
         elif last == "end":
             out["failed_ended_below_threshold"] += 1

@@ -805,6 +805,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
             generator=args.generator,
             threshold=args.check_threshold,
             deadline=deadline,
+            confirm=args.check_confirm,
         )
     return summary
 

@@ -362,10 +362,11 @@ class TrainArgs:
     The reopening rule (5 steps left, 3 retries) is in ``rcan.qtopt.grasp_check.CheckConfig``."""
     check_threshold: float = 0.6
     """The check ends the attempt at or above this success estimate, else reopens."""
-    check_confirm: int = 0
-    """After an accepted check, rise this many more steps and look again before ending
-    (``rcan.qtopt.grasp_check.CheckConfig.confirm``; the check's grasps are then lifted
-    ``check_lift + check_confirm`` steps and every step is learned). 0: off."""
+    check_confirm: int = 1
+    """After an accepted check, rise this many more steps and look again before ending, reopening if the
+    grasp has slipped (``rcan.qtopt.grasp_check.CheckConfig.confirm``; the check's grasps are then lifted
+    ``check_lift + check_confirm`` steps and it learns both heights). 0: off. The shipped agent with a check
+    fitted so: 92.3% against 90.2% over 30 object sets (+2.1 [+1.0, +3.2] paired by set, 2026-12-07)."""
     finetune_from: str | None = None
     """Joint finetuning (paper 4.3): start from this trained agent (run directory or agent file: its weights
     become the online and both target networks; fresh optimizer and replay) and learn from on-policy episodes

@@ -794,7 +794,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         deadline = None  # when the check's collection must stop to keep the whole run in budget_minutes
         if args.budget_minutes > 0:
             spent = summary["minutes"] + summary.get("distill", {}).get("minutes", 0.0)
-            left = args.budget_minutes - spent - CHECK_FIT_MINUTES
+            fit_minutes = CHECK_FIT_MINUTES * (2 if args.check_confirm > 0 else 1)  # two levels to learn
+            left = args.budget_minutes - spent - fit_minutes
             deadline = time.time() + max(0.0, left) * 60.0
         summary["check"] = fit_check(
             summary["agent"],

@@ -185,10 +185,10 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--confirm",
         type=int,
-        default=0,
+        default=1,
         metavar="K",
-        help="after an accepted check, rise K more steps and look again before ending (0: off; the grasps "
-        "are lifted LIFT + K steps and every step is learned)",
+        help="after an accepted check, rise K more steps and look again before ending (default 1, as "
+        "train-agent; 0: off); the grasps are lifted LIFT + K steps and both heights are learned",
     )
     k.set_defaults(func=_cmd_train_check)
 

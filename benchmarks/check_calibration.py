@@ -47,12 +47,13 @@ def accepted_checks(run: Path) -> tuple[np.ndarray, np.ndarray, int, int]:
     return np.asarray(est), np.asarray(held, dtype=bool), reopened, recovered
 
 
-def decisions(run: Path) -> list[tuple[float, int, str, bool]]:
+def decisions(run: Path) -> tuple[list[tuple[float, int, str, bool]], int]:
     """(estimate, steps left including the check's own, decision, attempt succeeded) of every final check
-    (early checks left out) over the run's ``eval-s*/result.json``."""
-    rows, max_steps = [], None
+    (early checks left out) over the run's ``eval-s*/result.json``, and how many attempts those hold."""
+    rows, max_steps, attempts = [], None, 0
     for f in sorted(run.glob("eval-s*/result.json")):
         result = json.loads(f.read_text())
+        attempts += int(result["attempts"])
         max_steps = int((result.get("grasp_check") or {}).get("max_steps", 20))
         for a in result.get("per_attempt", []):
             if a.get("check_decisions") and "check_steps" not in a:
@@ -61,7 +62,7 @@ def decisions(run: Path) -> list[tuple[float, int, str, bool]]:
                                   strict=True):
                 if not d.startswith("early"):
                     rows.append((float(p), max_steps - step + 1, d, bool(a["success"])))
-    return rows
+    return rows, attempts
 
 
 def by_room(rows: list[tuple[float, int, str, bool]], attempts: int, bins: list[float]) -> None:
@@ -139,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{lo:.2f}, {min(hi, 1.0):.2f})  {n:8d}  {rate}  {int((~held[m]).sum()):4d} | "
               f"{lost_below:5d} {held_below:5d} {net:+7.1f}")
     if args.by_room:
-        attempts = sum(int(json.loads(f.read_text())["attempts"]) for r in args.runs
-                       for f in sorted(r.glob("eval-s*/result.json")))
-        by_room([row for r in args.runs for row in decisions(r)], attempts,
+        found_rooms = [decisions(r) for r in args.runs]
+        by_room([row for rows, _ in found_rooms for row in rows], sum(n for _, n in found_rooms),
                 [0.2, 0.3, 0.4, 0.5, *args.bins])
     return 0
 

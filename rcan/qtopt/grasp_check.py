@@ -55,8 +55,8 @@ TERMINATE_HERE = np.array([0, 0, 0, 0, 1, 1], dtype=np.float32)
 CHECK_MIN_GRASPS = 1000
 """With a deadline (``fit_check``), the fewest lifted grasps collected before the collection may stop."""
 CHECK_FIT_MINUTES = 1.5
-"""What fitting the check on the collected grasps takes at most (0.9 minutes for 4,000 on 2 cores): the part
-of a time budget the collection leaves."""
+"""What fitting the check on the collected grasps takes at most (0.9 minutes for 4,000 on 2 cores), per
+height it learns: the part of a time budget the collection leaves (``fit_minutes``)."""
 LIFT = np.array([0, 0, 1, 0, 1, -1], dtype=np.float32)
 REOPEN = np.array([0, 0, -1, 0, -1, -1], dtype=np.float32)
 
@@ -205,9 +205,7 @@ class CheckedPolicy:
             if self._lift_left > 0:
                 self._lift_left -= 1
                 return LIFT.copy()
-            p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
-            self.checks.append(p)
-            self.check_steps.append(self._step)
+            p = self._look(obs)
             if p >= c.threshold or self._retries >= c.max_retries:
                 self.decisions.append("confirm")
                 self._phase = "end"
@@ -222,17 +220,13 @@ class CheckedPolicy:
             if self._lift_left > 0:
                 early = c.early_threshold > 0 and c.lift - self._lift_left >= c.early_from
                 if early and left >= c.min_steps_left and self._retries < c.max_retries:
-                    p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
-                    self.checks.append(p)
-                    self.check_steps.append(self._step)
+                    p = self._look(obs)
                     self.decisions.append("early-reopen" if p < c.early_threshold else "early-pass")
                     if p < c.early_threshold:
                         return self._reopen()
                 self._lift_left -= 1
                 return LIFT.copy()
-            p = check_probability(self.check, *self.policy.prepare(obs), views=c.views)
-            self.checks.append(p)
-            self.check_steps.append(self._step)
+            p = self._look(obs)
             room = left >= c.min_steps_left or (left >= c.late_min_steps_left and p < c.late_threshold)
             if p >= c.threshold or self._retries >= c.max_retries or not room:
                 self.decisions.append("accept" if p >= c.threshold else "end")
@@ -261,6 +255,13 @@ class CheckedPolicy:
             a[5] = -1.0  # close, but do not end the attempt before the check
             self._phase, self._lift_left = "lift", c.lift
         return a
+
+    def _look(self, obs: Mapping[str, Any]) -> float:
+        """The check's estimate here, recorded with the attempt's step (``checks``, ``check_steps``)."""
+        p = check_probability(self.check, *self.policy.prepare(obs), views=self.config.views)
+        self.checks.append(p)
+        self.check_steps.append(self._step)
+        return p
 
     def _can_close(self, obs: Mapping[str, Any]) -> bool:
         """Whether a closing may be taken for the agent (``close_by``, ``last_close``): only with the gripper
@@ -529,6 +530,11 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
+def fit_minutes(confirm: int = 0) -> float:
+    """The part of a time budget ``fit_check`` leaves for fitting: one height, or two with a second look."""
+    return CHECK_FIT_MINUTES * (2 if confirm > 0 else 1)
+
+
 def fit_check(
     agent: str | os.PathLike[str],
     grasps: int = 4000,
@@ -561,8 +567,8 @@ def fit_check(
         raise ValueError(
             "the check needs grasps >= 10, lift >= 0, epochs >= 1, jobs >= 1, min_grasps >= 1 and confirm >= 0"
         )
-    collect_lift, fit_every_level = lift + confirm, all_levels
-    all_levels = all_levels or confirm > 0  # collected: every level up to collect_lift
+    collect_lift = lift + confirm
+    collect_every_level = all_levels or confirm > 0  # the second look's height and the first's
     agent_file = resolve_agent_path(agent)
     out = agent_file.parent
     net, _ = load_network(agent_file)  # the critic: the check's start (and a clear error for a bad file)
@@ -572,16 +578,16 @@ def fit_check(
         "lift": collect_lift,
         "grasps": grasps,
         "seed": seed,
-        "all_levels": int(all_levels),
+        "all_levels": int(collect_every_level),
     }
-    if early_threshold > 0 and not all_levels:
+    if early_threshold > 0 and not collect_every_level:
         raise ValueError("an early threshold needs a check fitted on every lift level (all_levels)")
     data = load_check_data(out / CHECK_DATA_FILE, expect)
     if data is None:
         per = [grasps // jobs + (w < grasps % jobs) for w in range(jobs)]
         floor = [min(n, -(-min(min_grasps, grasps) // jobs)) for n in per]  # each worker's share of the minimum
         args = [
-            (str(agent_file), collect_lift, n, seed * 1000 + w, generator, all_levels, deadline, floor[w])
+            (str(agent_file), collect_lift, n, seed * 1000 + w, generator, collect_every_level, deadline, floor[w])
             for w, n in enumerate(per)
         ]
         if jobs == 1:
@@ -601,7 +607,7 @@ def fit_check(
     ids = np.unique(data["grasps"])
     held_out = np.random.default_rng(seed).permutation(ids)[: max(1, len(ids) // 5)]  # by grasp: no leaks
     in_val = np.isin(data["grasps"], held_out)
-    fitted = np.ones(n, bool) if fit_every_level else np.isin(data["levels"], [lift, collect_lift])
+    fitted = np.ones(n, bool) if all_levels else np.isin(data["levels"], [lift, collect_lift])
     train = np.flatnonzero(~in_val & fitted)
     val_all = np.flatnonzero(in_val & fitted)
     val = val_all[data["levels"][val_all] == lift]  # judged where the final check looks

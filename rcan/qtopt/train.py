@@ -789,13 +789,12 @@ def train(args: TrainArgs) -> dict[str, Any]:
     finally:
         trainer.close()
     if args.check_grasps > 0 and not args.finetune_from and summary["finished"]:
-        from rcan.qtopt.grasp_check import CHECK_FIT_MINUTES, fit_check
+        from rcan.qtopt.grasp_check import fit_check, fit_minutes
 
         deadline = None  # when the check's collection must stop to keep the whole run in budget_minutes
         if args.budget_minutes > 0:
             spent = summary["minutes"] + summary.get("distill", {}).get("minutes", 0.0)
-            fit_minutes = CHECK_FIT_MINUTES * (2 if args.check_confirm > 0 else 1)  # two levels to learn
-            left = args.budget_minutes - spent - fit_minutes
+            left = args.budget_minutes - spent - fit_minutes(args.check_confirm)
             deadline = time.time() + max(0.0, left) * 60.0
         summary["check"] = fit_check(
             summary["agent"],

@@ -441,6 +441,8 @@ def test_fit_check_on_every_lift_level(tmp_path) -> None:
     save_agent(run / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
     with pytest.raises(ValueError, match="every lift level"):
         fit_check(run, grasps=10, lift=2, epochs=1, jobs=1, early_threshold=0.3)
+    with pytest.raises(ValueError, match="every lift level"):  # a second look fits only two heights
+        fit_check(run, grasps=10, lift=2, epochs=1, jobs=1, early_threshold=0.3, confirm=1)
     s = fit_check(run, grasps=10, lift=2, epochs=1, jobs=1, all_levels=True, early_threshold=0.3)
     assert s["grasps"] == 10 and set(s["val_auc_by_lift_step"]) == {"1", "2"}
     assert load_check(run / "check.safetensors")[1].early_threshold == 0.3

@@ -580,7 +580,7 @@ def fit_check(
         "seed": seed,
         "all_levels": int(collect_every_level),
     }
-    if early_threshold > 0 and not collect_every_level:
+    if early_threshold > 0 and not all_levels:  # the early heights must be learned, not only collected
         raise ValueError("an early threshold needs a check fitted on every lift level (all_levels)")
     data = load_check_data(out / CHECK_DATA_FILE, expect)
     if data is None:

@@ -530,6 +530,68 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
+def split_check_rows(
+    data: Mapping[str, np.ndarray], lift: int, collect_lift: int, all_levels: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of the collected grasps for fitting: ``(train, val_all, val, fitted)``. A fifth of the grasps is
+    held out whole (a grasp's heights never straddle the split); ``fitted`` marks the heights learned
+    (``lift`` and ``collect_lift``, or all with ``all_levels``), ``val`` the held-out rows at ``lift``, where
+    the check's first look judges."""
+    n = len(data["labels"])
+    ids = np.unique(data["grasps"])
+    held_out = np.random.default_rng(seed).permutation(ids)[: max(1, len(ids) // 5)]
+    in_val = np.isin(data["grasps"], held_out)
+    fitted = np.ones(n, bool) if all_levels else np.isin(data["levels"], [lift, collect_lift])
+    val_all = np.flatnonzero(in_val & fitted)
+    return np.flatnonzero(~in_val & fitted), val_all, val_all[data["levels"][val_all] == lift], fitted
+
+
+def train_check(
+    net: QNetwork,
+    data: Mapping[str, np.ndarray],
+    train: np.ndarray,
+    val: np.ndarray,
+    epochs: int = 12,
+    lr: float = 1e-4,
+    seed: int = 0,
+) -> tuple[float, list[dict[str, float]]]:
+    """Fit ``net`` (a copy of the critic) in place to the grasps' outcomes on rows ``train``, with +-2 pixel
+    shifts, and keep the epoch with the best AUC on rows ``val``. Returns that AUC and the per-epoch
+    history."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.from_numpy(data["images"])
+    states = torch.from_numpy(data["states"]).float()
+    labels = torch.from_numpy(data["labels"].astype(np.float32))
+    act = torch.from_numpy(TERMINATE_HERE)
+    y_val = data["labels"][val].astype(bool)
+
+    def val_auc() -> float:
+        return auc(check_scores(net, images[val], states[val]), y_val)
+
+    history: list[dict[str, float]] = [{"epoch": 0, "val_auc": val_auc()}]
+    best = (history[0]["val_auc"], {k: v.clone() for k, v in net.state_dict().items()})
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    rng = np.random.default_rng(seed + 1)
+    for epoch in range(1, epochs + 1):
+        net.train()
+        total = 0.0
+        order = rng.permutation(train)
+        for i in range(0, len(order), 32):
+            rows = order[i : i + 32]
+            logits = net(_shift(images[rows], 2, gen), states[rows], act.expand(len(rows), -1))
+            loss = F.binary_cross_entropy_with_logits(logits, labels[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(rows)
+        history.append({"epoch": epoch, "val_auc": val_auc(), "loss": total / max(1, len(train))})
+        if history[-1]["val_auc"] > best[0]:
+            best = (history[-1]["val_auc"], {k: v.clone() for k, v in net.state_dict().items()})
+    net.load_state_dict(best[1])
+    return best[0], history
+
+
 def fit_minutes(confirm: int = 0) -> float:
     """The part of a time budget ``fit_check`` leaves for fitting: one height, or two with a second look."""
     return CHECK_FIT_MINUTES * (2 if confirm > 0 else 1)
@@ -601,61 +663,24 @@ def fit_check(
         save_check_data(out / CHECK_DATA_FILE, data, {**expect, "grasps": got})
     collect_s = time.time() - t0
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(data["labels"])
-    ids = np.unique(data["grasps"])
-    held_out = np.random.default_rng(seed).permutation(ids)[: max(1, len(ids) // 5)]  # by grasp: no leaks
-    in_val = np.isin(data["grasps"], held_out)
-    fitted = np.ones(n, bool) if all_levels else np.isin(data["levels"], [lift, collect_lift])
-    train = np.flatnonzero(~in_val & fitted)
-    val_all = np.flatnonzero(in_val & fitted)
-    val = val_all[data["levels"][val_all] == lift]  # judged where the final check looks
-    images = torch.from_numpy(data["images"])
-    states = torch.from_numpy(data["states"]).float()
-    labels = torch.from_numpy(data["labels"].astype(np.float32))
-    act = torch.from_numpy(TERMINATE_HERE)
-
-    def scores(rows: np.ndarray) -> np.ndarray:
-        return check_scores(net, images[rows], states[rows])
-
-    y_val = data["labels"][val].astype(bool)
-    history = [{"epoch": 0, "val_auc": auc(scores(val), y_val)}]
-    best = (history[0]["val_auc"], {k: v.clone() for k, v in net.state_dict().items()})
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    rng = np.random.default_rng(seed + 1)
-    for epoch in range(1, epochs + 1):
-        net.train()
-        total = 0.0
-        order = rng.permutation(train)
-        for i in range(0, len(order), 32):
-            rows = order[i : i + 32]
-            logits = net(_shift(images[rows], 2, gen), states[rows], act.expand(len(rows), -1))
-            loss = F.binary_cross_entropy_with_logits(logits, labels[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(rows)
-        history.append(
-            {"epoch": epoch, "val_auc": auc(scores(val), y_val), "loss": total / max(1, len(train))}
-        )
-        if history[-1]["val_auc"] > best[0]:
-            best = (history[-1]["val_auc"], {k: v.clone() for k, v in net.state_dict().items()})
-    net.load_state_dict(best[1])
-    s = scores(val)
+    train, val_all, val, fitted = split_check_rows(data, lift, collect_lift, all_levels, seed)
+    best_auc, history = train_check(net, data, train, val, epochs=epochs, lr=lr, seed=seed)
     config = CheckConfig(lift=lift, threshold=threshold, early_threshold=early_threshold, confirm=confirm)
-    all_scores, y_all = scores(val_all), data["labels"][val_all].astype(bool)
+    images, states = torch.from_numpy(data["images"][val_all]), torch.from_numpy(data["states"][val_all])
+    all_scores, y_all = check_scores(net, images, states.float()), data["labels"][val_all].astype(bool)
+    at_lift = data["levels"][val_all] == lift  # the rows of ``val`` within ``val_all``
+    s, y_val = all_scores[at_lift], y_all[at_lift]
     by_level = {
         str(k): auc(all_scores[data["levels"][val_all] == k], y_all[data["levels"][val_all] == k])
         for k in np.unique(data["levels"][fitted])
     }
-    n = len(ids)
+    n = len(np.unique(data["grasps"]))
     summary = {
         "agent": str(agent_file),
         "grasps": n,
         "grasps_asked": grasps,
         "success_if_terminated": float(data["labels"][data["levels"] == collect_lift].mean()),
-        "val_auc": best[0],
+        "val_auc": best_auc,
         "val_auc_by_lift_step": by_level,
         "failures_caught": float((s[~y_val] < threshold).mean()) if (~y_val).any() else float("nan"),
         "successes_reopened": float((s[y_val] < threshold).mean()) if y_val.any() else float("nan"),
@@ -664,6 +689,6 @@ def fit_check(
         "config": dataclasses.asdict(config),
         "history": history,
     }
-    save_check(out / CHECK_FILE, net, config, {"val_auc": f"{best[0]:.4f}", "grasps": str(n)})
+    save_check(out / CHECK_FILE, net, config, {"val_auc": f"{best_auc:.4f}", "grasps": str(n)})
     write_json_atomic(out / "check.json", summary)
     return summary

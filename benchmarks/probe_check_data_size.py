@@ -4,9 +4,10 @@ Why: the checks fitted so far validate at AUC 0.925-0.971 on their agents' grasp
 the most accepted grasps have the weakest checks (seed 5: AUC 0.933, 111 accepted grasps lost over 30 object
 sets against the shipped agent's 76). An unloaded training run reaches its step cap with 10-20 of its 120
 minutes to spare, which could buy more grasps for the check. This reads a run's stored ``check_data.h5``,
-keeps the check's own validation grasps (the fifth ``fit_check`` holds out), fits fresh copies of the
-critic on growing fractions of the remaining grasps with ``fit_check``'s own training loop, and prints the
-validation AUC of each. If it still climbs from half to all of the grasps, more grasps would help.
+holds out a fifth of its grasps as ``fit_check`` does (the same fifth when ``--seed`` is the seed the check
+was fitted with: the run's seed for ``rcan train-agent``, 0 for ``rcan train-check``), fits fresh copies of
+the critic on growing fractions of the remaining grasps with ``fit_check``'s own training loop, and prints
+the validation AUC of each. If it still climbs from half to all of the grasps, more grasps would help.
 
     .venv/bin/python benchmarks/probe_check_data_size.py RUN [--fractions 0.25 0.5 1] [--lift 3] [--confirm 1]
 """
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     p.add_argument("--lift", type=int, default=3, help="the check's first look (4 cm steps up)")
     p.add_argument("--confirm", type=int, default=1, help="the second look's extra steps, as collected")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the held-out fifth's seed (as fit_check's)")
     p.add_argument("--out", help="JSON file for the figures (default RUN/check-data-size.json)")
     args = p.parse_args(argv)
     if not all(0 < f <= 1 for f in args.fractions):

@@ -668,12 +668,10 @@ def fit_check(
     config = CheckConfig(lift=lift, threshold=threshold, early_threshold=early_threshold, confirm=confirm)
     images, states = torch.from_numpy(data["images"][val_all]), torch.from_numpy(data["states"][val_all])
     all_scores, y_all = check_scores(net, images, states.float()), data["labels"][val_all].astype(bool)
-    at_lift = data["levels"][val_all] == lift  # the rows of ``val`` within ``val_all``
-    s, y_val = all_scores[at_lift], y_all[at_lift]
-    by_level = {
-        str(k): auc(all_scores[data["levels"][val_all] == k], y_all[data["levels"][val_all] == k])
-        for k in np.unique(data["levels"][fitted])
-    }
+    levels = data["levels"][val_all]
+    s, y_val = all_scores[levels == lift], y_all[levels == lift]  # the rows of ``val``
+    fitted_levels = np.unique(data["levels"][fitted])
+    by_level = {str(k): auc(all_scores[levels == k], y_all[levels == k]) for k in fitted_levels}
     n = len(np.unique(data["grasps"]))
     summary = {
         "agent": str(agent_file),

@@ -15,13 +15,13 @@ the validation AUC of each. If it still climbs from half to all of the grasps, m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from rcan.common.atomic import write_json_atomic
 from rcan.qtopt.agent import load_network, resolve_agent_path
 from rcan.qtopt.grasp_check import CHECK_DATA_FILE, load_check_data, split_check_rows, train_check
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['train_grasps']:5d} training grasps: validation AUC {best:.4f} (epoch {r['best_epoch']})")
     out = Path(args.out) if args.out else agent.parent / "check-data-size.json"
     summary = {"run": str(args.run), "lift": args.lift, "confirm": args.confirm, "rows": rows}
-    out.write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out, summary)
     print(f"wrote {out}")
     return 0
 

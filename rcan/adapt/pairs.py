@@ -4,6 +4,7 @@ held-out split, a fingerprint checked on resume, and a deterministic, resumable 
 from __future__ import annotations
 
 import json
+import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcan.adapt.networks import images_to_input
+from rcan.adapt.networks import NUM_CLASSES, images_to_input
 
 ARRAY_KEYS = ("randomized", "canonical", "segmentation", "depth")
 
@@ -27,10 +28,16 @@ def load_arrays(data: str) -> dict[str, np.ndarray]:
         if path.suffix != ".npz":
             raise ValueError(f"{path} is a file but not an .npz; pass a paired dataset directory")
         try:
-            with np.load(path, allow_pickle=False) as f:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # an .npy renamed to .npz
+            raise ValueError(f"{path} is not an .npz archive (a single array?); save with numpy.savez")
+        try:
+            with loaded as f:
                 return {k: f[k] for k in ARRAY_KEYS if k in f.files}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read {path}: {err}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
     from rcan.data.paired import PairedDataset
 
     with PairedDataset(path) as ds:
@@ -57,6 +64,13 @@ def validate_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
         raise ValueError(f"depth must be float {(n, h, w)}, got {dep.dtype} {dep.shape}")
     if n < 2:
         raise ValueError(f"need at least 2 pairs, got {n}")
+    if seg.min() < 0 or seg.max() >= NUM_CLASSES:
+        raise ValueError(
+            f"segmentation ids must lie in 0..{NUM_CLASSES - 1} (background, tray, divider, robot, object), "
+            f"got {seg.min()}..{seg.max()}"
+        )
+    if not np.isfinite(dep).all():
+        raise ValueError("depth holds NaN or infinite values")
     return n, h
 
 

@@ -55,6 +55,18 @@ def translate_paths(
     return report
 
 
+def _unique_stem(stem: str, stems: dict[str, int]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``... when two inputs share a name (folders of their own): never a name
+    already used, even by an input really called ``stem_2``; records the name it returns."""
+    name, k = stem, stems.get(stem, 1)
+    while name in stems:
+        k += 1
+        name = f"{stem}_{k}"
+    stems[stem] = k
+    stems[name] = stems.get(name, 1)
+    return name
+
+
 def _write_batch(
     model: nn.Module, images: np.ndarray, chunk: list[Path], out: Path, stems: dict[str, int]
 ) -> list[Path]:
@@ -62,10 +74,7 @@ def _write_batch(
     written: list[Path] = []
     result = translate_batch(model, images)
     for k, p in enumerate(chunk):
-        stem = p.stem
-        stems[stem] = stems.get(stem, 0) + 1
-        if stems[stem] > 1:  # same name in two folders: keep both
-            stem = f"{stem}_{stems[stem]}"
+        stem = _unique_stem(p.stem, stems)
         seg, depth = result["segmentation"][k], result["depth"][k]
         depth_mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
         written += [

@@ -56,7 +56,7 @@ def load_square_rgb(path: Path, size: int) -> np.ndarray:
             s = min(w, h)
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
             return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
         raise ValueError(f"not a readable image ({type(err).__name__}: {err})") from None
 
 

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, OSError) as err:  # a bad path, a full disk, a file where a folder goes
         print(f"rcan {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

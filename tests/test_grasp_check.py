@@ -303,6 +303,19 @@ def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
     assert "not a readable grasp-check dataset" in capsys.readouterr().err
     assert main(["train-check", "--agent", str(tmp_path / "missing")]) == 2
 
+    # An agent without a check: a check threshold is refused, not silently ignored; a bad --out and a bad
+    # fitting threshold fail before any attempt or grasp.
+    bare = tmp_path / "bare"
+    save_agent(bare / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    with pytest.raises(ValueError, match="need a grasp check beside"):
+        run_evaluation(str(bare), "canonical", attempts=1, out=str(tmp_path / "ev7"), check_threshold=0.5)
+    (tmp_path / "a-file").write_text("x")
+    assert main(["evaluate", "--agent", str(bare), "--domain", "canonical", "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="threshold must be in"):
+        fit_check(bare, grasps=12, lift=1, threshold=60.0, jobs=1)
+    assert not (bare / "check_data.h5").exists()
+
 
 def test_fit_check_stops_at_its_deadline_with_the_minimum(tmp_path) -> None:
     """A training run's overall budget (``budget_minutes``) ends the collection early: the check is fitted

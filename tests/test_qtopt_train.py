@@ -45,8 +45,17 @@ def test_tiny_run_checkpoints_restores_and_resumes(tmp_path, capsys) -> None:
         {"image": np.zeros((64, 64, 3), np.uint8), "gripper_closed": 0, "gripper_height": np.array([0.2])}, {}
     ).shape == (6,)
 
+    # Rows logged after the last checkpoint (the stretch a kill throws away) are cut back on resume, so a
+    # learning curve never counts them twice.
+    logs = ("progress.jsonl", "episodes.jsonl")
+    sizes = {name: (run / name).stat().st_size for name in logs}
+    for name in logs:
+        with open(run / name, "a") as f:
+            f.write('{"after_the_checkpoint": 1}\n')
+
     # The restored state equals the saved one: weights, targets, optimizer, counters, RNGs and replay.
     restored = Trainer(resolve_args(str(run), None, True, {}))
+    assert {name: (run / name).stat().st_size for name in logs} == sizes
     saved_t, saved_m = load_safetensors(run / STATE_FILE)
     now_t, now_m = restored.state_tensors()
     assert saved_t.keys() == now_t.keys()
@@ -112,6 +121,18 @@ def test_cli_errors(tmp_path) -> None:
         with pytest.raises(ValueError, match="--set"):
             parse_settings(TrainArgs, [bad])
     assert _cli_status(["train-agent", "--out", str(tmp_path / "s"), "--set", "lr=fast"]) == 2
+    for flag in ("out=b", "resume=true", "preset=paper"):  # flags of their own, not settings
+        with pytest.raises(ValueError, match="as its own flag"):
+            parse_settings(TrainArgs, [flag])
+    assert _cli_status(["train-agent", "--out", str(tmp_path / "s"), "--set", "out=b"]) == 2
+    for bad, message in [
+        ({"log_every": 0}, "log_every"),
+        ({"push_every": 0}, "push_every"),
+        ({"checkpoint_minutes": 0.0}, "checkpoint_minutes"),
+        ({"input": "heavy", "texture_dir": str(tmp_path / "no-such-folder")}, "texture directory"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make_args("tiny", **bad)
     with pytest.raises(SystemExit):
         _cli(["train-agent", "--out", str(tmp_path / "r"), "--input", "sepia"])
 

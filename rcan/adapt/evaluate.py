@@ -10,7 +10,6 @@ guess) is reported for the RGB metrics.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from rcan.adapt.inference import load_generator, translate_batch
 from rcan.adapt.losses import mean_pairwise_squared_error
+from rcan.common.atomic import write_json_atomic, write_text_atomic
 from rcan.common.images import colour_depth, colour_segmentation
 
 EVAL_SEED = 900_000  # far from the seeds `rcan collect` uses by default
@@ -164,8 +164,8 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in results.items() if not k.startswith("_")}
-    (out / "metrics.json").write_text(json.dumps(public, indent=2) + "\n")
-    (out / "metrics.md").write_text(results_markdown(results) + "\n")
+    write_json_atomic(out / "metrics.json", public)
+    write_text_atomic(out / "metrics.md", results_markdown(results) + "\n")
     grid = figure3_grid(results["_scenes"], results["_outputs"])
     grid = np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1)  # 2x nearest-neighbour, for reading
     return {

@@ -20,6 +20,11 @@ def from_preset(cls: type[T], presets: Mapping[str, Mapping[str, Any]], preset: 
     return cls(**{**presets[preset], "preset": preset, **overrides})
 
 
+FLAG_ONLY = ("out", "resume", "preset")
+"""Run settings that are flags of their own (where the run lives, whether it continues, what it starts
+from): ``--set`` refuses them rather than clash with the flag or be recorded without effect."""
+
+
 def parse_settings(cls: type, items: list[str] | None) -> dict[str, Any]:
     """``["lr=1e-3", "channels=16,32,32"]`` -> typed overrides for the fields of dataclass ``cls``, for a
     CLI's ``--set``: every hyperparameter is reachable without a flag of its own. Values are converted to
@@ -29,6 +34,8 @@ def parse_settings(cls: type, items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         name, sep, text = item.partition("=")
         name = name.strip().replace("-", "_")
+        if name in FLAG_ONLY and name in fields:
+            raise ValueError(f"give --{name} as its own flag, not --set {name}=...")
         if not sep or name not in fields:
             known = ", ".join(sorted(fields))
             raise ValueError(f"--set expects NAME=VALUE with NAME one of: {known}; got {item!r}")

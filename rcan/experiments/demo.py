@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rcan.common.atomic import write_text_atomic
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_GENERATOR = ASSETS / "generator" / "generator.safetensors"
 SHIPPED_AGENT = ASSETS / "agent"
@@ -39,7 +41,7 @@ def run_demo(out: str | Path, seed: int = 0, frames: int = 24, attempts: int = 1
     lines += _agent_section(out, seed, attempts)
     lines += ["", f"Total time: {time.perf_counter() - t0:.0f} s."]
     report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_text_atomic(report, "\n".join(lines) + "\n")
     return report
 
 

@@ -512,9 +512,15 @@ def _validated(args: TrainArgs) -> TrainArgs:
         raise ValueError("--input rcan needs --generator (a trained generator run or file)")
     if args.input != "rcan" and args.generator:
         raise ValueError(f"--generator is only for --input rcan, not {args.input}")
-    for name in ("env_steps", "batch_size", "n_step", "image_size", "num_objects"):
+    for name in ("env_steps", "batch_size", "n_step", "image_size", "num_objects", "push_every", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
+    if not args.checkpoint_minutes > 0:
+        raise ValueError(f"checkpoint_minutes must be > 0, got {args.checkpoint_minutes}")
+    if args.texture_dir is not None:
+        from rcan.sim.textures import ImageFolderTextures
+
+        ImageFolderTextures(args.texture_dir)  # exists, is a folder, holds decodable images: before any work
     if args.collectors < (1 if args.backend == "ray" else 0):
         raise ValueError(f"collectors must be >= 1 (or 0: in the trainer's process, local), got {args.collectors}")
     if not 0.0 <= args.online_fraction <= 1.0 or args.scripted_prob + args.eval_prob > 1.0:

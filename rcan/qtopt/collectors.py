@@ -347,12 +347,15 @@ class RetryPractice:
 
 # -- the collector process ---------------------------------------------------------------------------
 def _worker(index: int, config: CollectorConfig, seed: int, weights_q: Any, out_q: Any, stop: Any) -> None:
+    """Collect until ``stop`` is set, or until the trainer is gone (killed with SIGKILL or by the OOM killer:
+    no one would read the episodes, and an orphan would keep a core busy beside the resumed run)."""
+    parent = mp.parent_process()
     try:
         # Ctrl-C reaches the whole process group: only the trainer handles it (and then stops us).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(1)
         runner = EpisodeRunner(config, seed, index)
-        while not stop.is_set():
+        while not stop.is_set() and (parent is None or parent.is_alive()):
             runner.drain_weights(weights_q)
             ep = runner.run_episode()
             if not stop.is_set():

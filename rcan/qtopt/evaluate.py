@@ -18,7 +18,6 @@ every object (farther than ``NEAR_OBJECT`` m), or closed on or beside one and st
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from rcan.common.atomic import write_json_atomic
 from rcan.qtopt.collectors import starts_a_grasp
 from rcan.qtopt.grasp_check import REOPEN_DECISIONS
 
@@ -477,10 +477,15 @@ def run_evaluation(
         if check_threshold is not None:
             settings["threshold"] = check_threshold
         policy = with_check(policy, path, **settings)
-        if check_settings and not isinstance(policy, CheckedPolicy):
-            raise ValueError(f"--check-set needs a grasp check beside {path} (rcan train-check)")
+        if settings and not isinstance(policy, CheckedPolicy):
+            raise ValueError(f"--check-threshold and --check-set need a grasp check beside {path} (rcan train-check)")
     elif check_threshold is not None or check_settings:
         raise ValueError("--check-threshold and --check-set need the grasp check (drop --no-check)")
+    split = "" if objects == "test" else f"-{objects}"
+    out_dir = Path(out) if out else Path("eval") / f"{path.parent.name}-{domain}{split}-seed{seed}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)  # before the attempts: a bad --out fails in a second, not after
     result = evaluate_policy(
         policy,
         domain,
@@ -493,9 +498,6 @@ def run_evaluation(
     )
     frames = result.pop("frames")
     closings = result.pop("closings")
-    split = "" if objects == "test" else f"-{objects}"
-    out_dir = Path(out) if out else Path("eval") / f"{path.parent.name}-{domain}{split}-seed{seed}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     result.update(
         {"agent": str(path), "input_mode": policy.input_mode, "camera": policy.camera, "texture_dir": texture_dir}
     )
@@ -510,6 +512,6 @@ def run_evaluation(
     strip = save_frame_strip(out_dir / "frames.png", frames, [a["success"] for a in result["per_attempt"]])
     result["frames_png"] = str(strip)
     result["closings_png"] = str(save_closing_sheet(out_dir / "closings.png", closings))
-    (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out_dir / "result.json", result)
     result["result_json"] = str(out_dir / "result.json")
     return result

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -381,6 +382,11 @@ def with_check(policy: Any, agent_path: str | os.PathLike[str], **overrides: Any
 # --------------------------------------------------------------------------------------------- fitting
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them (one message, not one traceback each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _collect(job: tuple[str, int, int, int, str | None, bool, float | None, int]) -> dict[str, np.ndarray]:
     """``n`` lifted grasps by the agent on training objects (a new object set every 20 attempts): the
     prepared state after ``lift`` steps up, and whether terminating there succeeded. An attempt whose
@@ -394,6 +400,8 @@ def _collect(job: tuple[str, int, int, int, str | None, bool, float | None, int]
 
     agent, lift, n, worker, generator, all_levels, deadline, n_min = job
     torch.set_num_threads(1)
+    position = worker % 1000  # the job's index among the pool's (``worker`` is seed * 1000 + index)
+    parent = mp.parent_process()  # None when run in the fitting process itself (one job)
     policy = load_agent(agent, generator=generator, seed=worker)
     domain = env_domain(policy.input_mode)
     rng = np.random.default_rng([worker, 77])
@@ -401,11 +409,13 @@ def _collect(job: tuple[str, int, int, int, str | None, bool, float | None, int]
     env = None
     try:
         with tqdm(
-            total=n, desc=f"lifted grasps ({worker})", unit="grasp", position=worker, leave=False
+            total=n, desc=f"lifted grasps ({position})", unit="grasp", position=position, leave=False
         ) as bar:
             while (got := len(set(grasp_ids))) < n:
                 if deadline is not None and time.time() >= deadline and got >= n_min:
                     break  # out of time: fewer grasps
+                if parent is not None and not parent.is_alive():
+                    break  # the fitting process was killed: no one will read these grasps
                 if env is None or got % 20 == 0:
                     if env is not None:
                         env.close()
@@ -629,6 +639,10 @@ def fit_check(
         raise ValueError(
             "the check needs grasps >= 10, lift >= 0, epochs >= 1, jobs >= 1, min_grasps >= 1 and confirm >= 0"
         )
+    if early_threshold > 0 and not all_levels:  # the early heights must be learned, not only collected
+        raise ValueError("an early threshold needs a check fitted on every lift level (all_levels)")
+    # The settings it will store, refused now rather than after minutes of collection and fitting.
+    CheckConfig(lift=lift, threshold=threshold, early_threshold=early_threshold, confirm=confirm)
     collect_lift = lift + confirm
     collect_every_level = all_levels or confirm > 0  # the second look's height and the first's
     agent_file = resolve_agent_path(agent)
@@ -642,8 +656,6 @@ def fit_check(
         "seed": seed,
         "all_levels": int(collect_every_level),
     }
-    if early_threshold > 0 and not all_levels:  # the early heights must be learned, not only collected
-        raise ValueError("an early threshold needs a check fitted on every lift level (all_levels)")
     data = load_check_data(out / CHECK_DATA_FILE, expect)
     if data is None:
         per = [grasps // jobs + (w < grasps % jobs) for w in range(jobs)]
@@ -655,8 +667,10 @@ def fit_check(
         if jobs == 1:
             parts = [_collect(args[0])]
         else:
-            with mp.get_context("spawn").Pool(jobs) as pool:
+            with mp.get_context("spawn").Pool(jobs, initializer=_ignore_sigint) as pool:
                 parts = pool.map(_collect, args)
+                pool.close()  # let the workers exit by themselves (leaving the block would terminate them)
+                pool.join()
         data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         got = len(np.unique(data["grasps"]))
         # Stored as the count it holds: a rerun asking for the full count collects again.

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rcan.common.atomic import write_text_atomic
 from rcan.common.checkpoint import (
     load_optimizer_state,
     load_rng_state,
@@ -101,6 +102,8 @@ from rcan.qtopt.replay import (
     save_replays,
 )
 
+LOG_FILES = (EPISODES_FILE, PROGRESS_FILE)
+"""The run's append-only logs, cut back to their checkpointed sizes on resume."""
 SNAPSHOT_DIR = "snapshots"
 """With ``keep_snapshots``: every checkpoint's agent file, in the run directory."""
 MEMBER_DIR = "members"
@@ -459,10 +462,24 @@ class Trainer:
             ),
             "np_rng": json.dumps(self.rng.bit_generator.state),
             "replay_file": self.replay_file or "",
+            "log_sizes": json.dumps(self.log_sizes()),
             **opt_meta,
             **rng_m,
         }
         return tensors, meta
+
+    def log_sizes(self) -> dict[str, int]:
+        """Bytes of the episode and progress logs now: a checkpoint records them, and a resume cuts the logs
+        back to them, so the rows of the stretch a kill threw away are not counted twice."""
+        return {name: (self.run_dir / name).stat().st_size for name in LOG_FILES if (self.run_dir / name).is_file()}
+
+    def truncate_logs(self, sizes: Mapping[str, int]) -> None:
+        """Cut the logs back to what they held at the checkpoint (``log_sizes``)."""
+        for name, size in sizes.items():
+            path = self.run_dir / name
+            if name in LOG_FILES and path.is_file() and path.stat().st_size > size:
+                with open(path, "r+b") as f:
+                    f.truncate(size)
 
     def flush_episode_log(self) -> None:
         if self._episode_rows:
@@ -610,6 +627,7 @@ class Trainer:
         self.counts.update({k: int(v) for k, v in c["counts"].items()})
         for k, values in c["recent"].items():
             self.recent[k] = collections.deque(values, maxlen=WINDOW)
+        self.truncate_logs(json.loads(meta.get("log_sizes") or "{}"))  # older checkpoints: no sizes
         self.replay_file = meta.get("replay_file") or None
         if self.replay_file:
             self.replay.load(load_replays(self.run_dir / self.replay_file))
@@ -633,7 +651,7 @@ class Trainer:
         """Train until ``env_steps`` or ``minutes``; checkpoints periodically, at the end and on a signal."""
         a = self.args
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(args_to_json(self.args) + "\n")
+        write_text_atomic(self.run_dir / CONFIG_FILE, args_to_json(self.args) + "\n")
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.grad_steps or None)

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from procs import alive, children
 
 from rcan.data import FORMAT, CollectConfig, PairedDataset, collect
 from rcan.data import commands as data_commands
@@ -142,22 +143,6 @@ def test_rerun_of_complete_collection_does_nothing(copy: Path) -> None:
     assert _hashes(copy) == before
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 _COLLECT_SCRIPT = f"""
 import json, sys
 from rcan.data import CollectConfig, collect
@@ -177,21 +162,21 @@ def test_resume_after_sigkill(reference: Path, tmp_path: Path) -> None:
         while not (root / shard_name(0)).exists() and not (root / shard_name(1)).exists():
             assert proc.poll() is None, "collection ended before it could be killed"
             assert time.monotonic() < deadline, "no shard appeared in time"
-            workers = _children(proc.pid) or workers
+            workers = children(proc.pid) or workers
             time.sleep(0.02)
-        workers = _children(proc.pid) or workers
+        workers = children(proc.pid) or workers
         proc.send_signal(signal.SIGKILL)  # the parent only: its workers must notice and stop by themselves
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert workers and not any(_alive(p) for p in workers), "orphaned workers kept running"
+        assert workers and not any(alive(p) for p in workers), "orphaned workers kept running"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for p in workers:
-            if _alive(p):
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
 
     present = set(_hashes(root))

@@ -360,6 +360,8 @@ def _worker(index: int, config: CollectorConfig, seed: int, weights_q: Any, out_
             ep = runner.run_episode()
             if not stop.is_set():
                 out_q.put(ep)
+        if parent is not None and not parent.is_alive():
+            out_q.cancel_join_thread()  # no one reads the pipe any more: do not wait to flush it at exit
         runner.close()
     except KeyboardInterrupt:
         pass

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -29,3 +33,24 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def kill_parent_then_wait(proc: subprocess.Popen, workers: list[int], timeout: float) -> bool:
+    """SIGKILL ``proc`` alone (not its workers) and wait up to ``timeout`` s for ``workers`` to exit by
+    themselves; True when none runs any more."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(alive(p) for p in workers)
+
+
+def reap(proc: subprocess.Popen, workers: list[int]) -> None:
+    """Whatever a failed test left running: ``proc`` and every worker still alive."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for p in workers:
+        if alive(p):
+            os.kill(p, signal.SIGKILL)

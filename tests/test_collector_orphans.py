@@ -3,13 +3,10 @@ notices its parent is gone and exits, instead of filling a queue no one reads be
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
-from procs import alive, children, cmdline
+from procs import children, cmdline, kill_parent_then_wait, reap
 
 _SCRIPT = """
 import sys, time
@@ -33,16 +30,7 @@ def test_collectors_exit_when_the_trainer_is_killed(tmp_path) -> None:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "collecting"
         workers = [p for p in children(proc.pid) if "spawn_main" in cmdline(p)]
         assert len(workers) == 1, [cmdline(p) for p in children(proc.pid)]
-        proc.send_signal(signal.SIGKILL)  # the trainer only
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 60  # the collector notices between episodes
-        while any(alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(alive(p) for p in workers), "an orphaned collector kept running"
+        # The trainer only; the collector notices between episodes.
+        assert kill_parent_then_wait(proc, workers, 60), "an orphaned collector kept running"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for p in workers:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+        reap(proc, workers)

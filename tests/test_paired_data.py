@@ -6,10 +6,8 @@ import argparse
 import fcntl
 import hashlib
 import json
-import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from procs import alive, children
+from procs import children, kill_parent_then_wait, reap
 
 from rcan.data import FORMAT, CollectConfig, PairedDataset, collect
 from rcan.data import commands as data_commands
@@ -165,19 +163,10 @@ def test_resume_after_sigkill(reference: Path, tmp_path: Path) -> None:
             workers = children(proc.pid) or workers
             time.sleep(0.02)
         workers = children(proc.pid) or workers
-        proc.send_signal(signal.SIGKILL)  # the parent only: its workers must notice and stop by themselves
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while any(alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert workers and not any(alive(p) for p in workers), "orphaned workers kept running"
+        # The parent only: its workers must notice and stop by themselves.
+        assert workers and kill_parent_then_wait(proc, workers, 30), "orphaned workers kept running"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for p in workers:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+        reap(proc, workers)
 
     present = set(_hashes(root))
     assert 1 <= len(present) < SHARDS, present  # really interrupted mid-way

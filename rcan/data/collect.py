@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 PAIR_DOMAINS = ("mild", "medium", "heavy", "real")
 OBJECT_SPLITS = ("train", "test")
 LOCK_NAME = ".collect.lock"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class Policy(Protocol):
@@ -149,13 +148,10 @@ class CollectConfig:
         policy = resolve_policy(self.policy)
         texture_dir = None
         if self.texture_dir is not None:
+            from rcan.sim.textures import texture_files
+
             root = Path(self.texture_dir).expanduser()
-            if not root.exists():
-                raise ValueError(f"texture directory does not exist: {root}")
-            if not root.is_dir():
-                raise ValueError(f"texture directory is not a directory: {root}")
-            if not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in root.iterdir()):
-                raise ValueError(f"no image files (*.png, *.jpg, *.jpeg) in texture directory: {root}")
+            texture_files(root)  # exists, is a folder, holds images
             texture_dir = str(root.resolve())
         return replace(
             self,

@@ -429,6 +429,22 @@ def _load_file(path: pathlib.Path, resolution: int) -> np.ndarray:
         return _square_rgb(im, resolution)
 
 
+def texture_files(directory: str | os.PathLike[str]) -> list[pathlib.Path]:
+    """The image files (``IMAGE_SUFFIXES``) directly in a user's texture folder, sorted by name; a missing
+    path, a file or a folder without images raises one clear ValueError (nothing is decoded here)."""
+    root = pathlib.Path(directory).expanduser()
+    if not root.exists():
+        raise ValueError(f"texture directory does not exist: {root}")
+    if not root.is_dir():
+        raise ValueError(f"texture directory is not a directory: {root}")
+    files = sorted(
+        (p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=lambda p: p.name
+    )
+    if not files:
+        raise ValueError(f"no image files (*.png, *.jpg, *.jpeg) in texture directory: {root}")
+    return files
+
+
 class ImageFolderTextures(_CachedSource):
     """The user's own textures: every ``*.png``, ``*.jpg``, ``*.jpeg`` directly in ``directory``.
 
@@ -442,16 +458,7 @@ class ImageFolderTextures(_CachedSource):
         if resolution < 4:
             raise ValueError(f"ImageFolderTextures: resolution must be >= 4 pixels, got {resolution}")
         root = pathlib.Path(directory).expanduser()
-        if not root.exists():
-            raise ValueError(f"texture directory does not exist: {root}")
-        if not root.is_dir():
-            raise ValueError(f"texture directory is not a directory: {root}")
-        files = sorted(
-            (p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-            key=lambda p: p.name,
-        )
-        if not files:
-            raise ValueError(f"no image files (*.png, *.jpg, *.jpeg) in texture directory: {root}")
+        files = texture_files(root)
         for p in files:
             try:
                 _load_file(p, resolution)

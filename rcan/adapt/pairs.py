@@ -15,6 +15,8 @@ import torch
 from rcan.adapt.networks import NUM_CLASSES, images_to_input
 
 ARRAY_KEYS = ("randomized", "canonical", "segmentation", "depth")
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+"""What ``np.load`` raises for an empty, truncated or foreign file, on opening or on reading an array."""
 
 
 def load_arrays(data: str) -> dict[str, np.ndarray]:
@@ -29,14 +31,14 @@ def load_arrays(data: str) -> dict[str, np.ndarray]:
             raise ValueError(f"{path} is a file but not an .npz; pass a paired dataset directory")
         try:
             loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        except NPZ_ERRORS as err:
             raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # an .npy renamed to .npz
             raise ValueError(f"{path} is not an .npz archive (a single array?); save with numpy.savez")
         try:
             with loaded as f:
                 return {k: f[k] for k in ARRAY_KEYS if k in f.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        except NPZ_ERRORS as err:
             raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
     from rcan.data.paired import PairedDataset
 

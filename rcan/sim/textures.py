@@ -34,15 +34,17 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, ImageOps
 
+from rcan.common.images import IMAGE_SUFFIXES
+
 __all__ = [
     "ImageFolderTextures",
     "PhotoTextures",
     "ProceduralTextures",
     "TextureSource",
     "cache_dir",
+    "texture_files",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @runtime_checkable

@@ -387,20 +387,20 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _collect(job: tuple[str, int, int, int, str | None, bool, float | None, int]) -> dict[str, np.ndarray]:
+def _collect(job: tuple[str, int, int, int, int, str | None, bool, float | None, int]) -> dict[str, np.ndarray]:
     """``n`` lifted grasps by the agent on training objects (a new object set every 20 attempts): the
     prepared state after ``lift`` steps up, and whether terminating there succeeded. An attempt whose
     agent has not closed and terminated while ``lift`` + 2 steps remain closes there (so every attempt
     yields one grasp, whatever the agent). With a ``deadline`` (``time.time()``), stops there once it has
-    ``n_min`` grasps."""
+    ``n_min`` grasps. ``index`` is the job's place in the pool (its progress bar's row, its grasps' ids);
+    ``worker`` seeds its agent and scenes."""
     from tqdm.auto import tqdm
 
     from rcan.qtopt.agent import env_domain, load_agent
     from rcan.qtopt.evaluate import make_eval_env
 
-    agent, lift, n, worker, generator, all_levels, deadline, n_min = job
+    agent, lift, n, index, worker, generator, all_levels, deadline, n_min = job
     torch.set_num_threads(1)
-    position = worker % 1000  # the job's index among the pool's (``worker`` is seed * 1000 + index)
     parent = mp.parent_process()  # None when run in the fitting process itself (one job)
     policy = load_agent(agent, generator=generator, seed=worker)
     domain = env_domain(policy.input_mode)
@@ -409,7 +409,7 @@ def _collect(job: tuple[str, int, int, int, str | None, bool, float | None, int]
     env = None
     try:
         with tqdm(
-            total=n, desc=f"lifted grasps ({position})", unit="grasp", position=position, leave=False
+            total=n, desc=f"lifted grasps ({index})", unit="grasp", position=index, leave=False
         ) as bar:
             while (got := len(set(grasp_ids))) < n:
                 if deadline is not None and time.time() >= deadline and got >= n_min:
@@ -438,7 +438,7 @@ def _collect(job: tuple[str, int, int, int, str | None, bool, float | None, int]
                             images.append(image)
                             states.append(state)
                             levels.append(level)
-                            grasp_ids.append(worker * 10_000_000 + len(labels))
+                            grasp_ids.append(index * 10_000_000 + len(labels))  # unique across the jobs
                         labels.extend([bool(info["is_success"])] * len(seen))
                         bar.update(1)
                         break
@@ -660,9 +660,9 @@ def fit_check(
     if data is None:
         per = [grasps // jobs + (w < grasps % jobs) for w in range(jobs)]
         floor = [min(n, -(-min(min_grasps, grasps) // jobs)) for n in per]  # each worker's share of the minimum
-        args = [
-            (str(agent_file), collect_lift, n, seed * 1000 + w, generator, collect_every_level, deadline, floor[w])
-            for w, n in enumerate(per)
+        args = [  # (..., the job's index, its seed, ...)
+            (str(agent_file), collect_lift, n, w, seed * 1000 + w, generator, collect_every_level, deadline, f)
+            for w, (n, f) in enumerate(zip(per, floor, strict=True))
         ]
         if jobs == 1:
             parts = [_collect(args[0])]

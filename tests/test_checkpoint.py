@@ -146,3 +146,25 @@ def test_foreign_file_is_value_error(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "something.else"})
     with pytest.raises(ValueError, match="something.else"):
         load_safetensors(path, expect_format="rcan.generator")
+
+
+def test_atomic_writes_get_the_umask_s_mode_not_mkstemp_s(tmp_path):
+    """A shared results folder or a served report must be readable as any file the user writes is."""
+    import os
+
+    from rcan.common.atomic import write_text_atomic
+    from rcan.common.images import save_png
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "report.md", "x")
+        save_safetensors_atomic(tmp_path / "w.safetensors", {"a": torch.zeros(1)}, {})
+        save_png(tmp_path / "p.png", np.zeros((2, 2, 3), np.uint8))
+        os.umask(0o077)
+        write_text_atomic(tmp_path / "private.md", "x")
+    finally:
+        os.umask(old)
+    for name in ("report.md", "w.safetensors", "p.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "private.md").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "private.md", "report.md", "w.safetensors"]

@@ -42,3 +42,15 @@ def test_show_renders_a_scene_grid_and_refuses_a_bad_texture_folder(tmp_path, ca
     assert f"wrote {out}" in capsys.readouterr().out
     assert main(["show", "--out", str(tmp_path / "x.png"), "--texture-dir", str(tmp_path / "none")]) == 2
     assert "error" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    # A folder where the picture goes: one message, and no temp file left beside it.
+    (tmp_path / "taken.png").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["show", "--out", str(tmp_path / "taken.png"), "--size", "64"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_demo_refuses_empty_samples_before_any_work(tmp_path, capsys) -> None:
+    for flag in ("--frames", "--attempts"):
+        out = tmp_path / flag.strip("-")
+        assert main(["demo", "--out", str(out), flag, "0"]) == 2
+        assert ">= 1" in capsys.readouterr().err and not out.exists()

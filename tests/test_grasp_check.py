@@ -241,6 +241,16 @@ def test_check_file_round_trip_and_errors(tmp_path) -> None:
     assert check_path(tmp_path / "agent.safetensors") == tmp_path / "check.safetensors"
 
 
+def test_fit_check_takes_any_seed(tmp_path) -> None:
+    """A large seed seeds the collection jobs; the grasps' ids come from the jobs' indices (they overflowed
+    int64 when derived from the seed)."""
+    torch.manual_seed(0)
+    run = tmp_path / "agent"
+    save_agent(run / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))
+    s = fit_check(run, grasps=10, lift=1, epochs=1, jobs=1, seed=2**40)
+    assert s["grasps"] == 10
+
+
 def test_fit_check_then_evaluate_with_it(tmp_path, capsys) -> None:
     from rcan.cli import main
 

@@ -57,6 +57,17 @@ def test_curve_errors(tmp_path) -> None:
         learning_curve(run, window=0)
 
 
+def test_a_live_or_killed_run_s_unfinished_last_row_is_left_out(tmp_path) -> None:
+    run = _write_run(tmp_path / "run", [("scripted", True), ("eval", True), ("eval", False)])
+    with open(run / "episodes.jsonl", "a") as f:
+        f.write('{"episode": 4, "kind": "ev')  # a row being appended, or cut by a kill
+    assert learning_curve(run, window=100).success.tolist() == [1.0, 0.5]
+    text = (run / "episodes.jsonl").read_text()
+    (run / "episodes.jsonl").write_text(text.replace('{"episode": 2', '{"episode" 2'))  # mid-file damage
+    with pytest.raises(ValueError, match=":2 is not JSON"):
+        learning_curve(run)
+
+
 def test_learning_curve_command(tmp_path, capsys) -> None:
     log = [("scripted", False), ("eval", False), ("policy", True), ("eval", True)] * 5
     run = _write_run(tmp_path / "run-a", log)

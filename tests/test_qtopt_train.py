@@ -655,3 +655,33 @@ def test_two_critics_are_distilled_into_one_agent_network(tmp_path) -> None:
     summary = train(make_args("tiny", out=str(run), seed=5, critics=2, distill_steps=3))
     assert summary["distill"]["critics"] == 2
     assert len(load_networks(run)[0]) == 1 and len(load_networks(run / ENSEMBLE_AGENT_FILE)[0]) == 2
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_started_again(tmp_path, monkeypatch, capsys) -> None:
+    """Before its first checkpoint a run has written its config, TensorBoard folder and logs but nothing to
+    resume: the same command without --resume takes the folder over (it was refused for good), with
+    empty logs; anything else in the folder still makes it refuse."""
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    for name in ("episodes.jsonl", "progress.jsonl"):
+        (run / name).write_text('{"leftover": 1}\n')
+    with pytest.raises(FileNotFoundError, match="before its first checkpoint"):
+        resolve_args(str(run), None, True, {})
+    args = resolve_args(str(run), "tiny", False, {"collectors": 0, "env_steps": 40})
+    Trainer(args).run()
+    for name in ("episodes.jsonl", "progress.jsonl"):
+        assert "leftover" not in (run / name).read_text(), name
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already exists"):
+        resolve_args(str(tmp_path / "other"), "tiny", False, {})
+
+    # Stopped by a signal: the command says how to go on and does not exit 0.
+    import rcan.qtopt.train as qtrain
+
+    stopped = {"finished": False, "recent_success": {}, "env_steps": 5, "grad_steps": 0, "minutes": 0.1}
+    monkeypatch.setattr(qtrain, "train", lambda a: {**stopped, "agent": str(tmp_path / "s" / "agent.safetensors")})
+    assert _cli_status(["train-agent", "--out", str(tmp_path / "s"), "--preset", "tiny"]) == 130
+    assert "--resume" in capsys.readouterr().err

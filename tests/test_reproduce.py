@@ -89,3 +89,34 @@ def test_table1_agents_train_as_the_paper_s_one_critic_without_a_check() -> None
         o = rep._train_overrides(args, agent, "gen.safetensors")
         targs = make_args(args.agent_preset, **{k: v for k, v in o.items() if v is not None})
         assert (targs.ensemble_members, targs.distill_steps, targs.check_grasps) == (1, 0, 0)
+
+
+def test_a_signal_during_training_is_not_a_finished_piece(tmp_path, monkeypatch) -> None:
+    """The trainer checkpoints and returns on Ctrl-C / SIGTERM; reproduce must stop there, not record the
+    half-trained agent as trained and evaluate it."""
+    import rcan.qtopt.train as qtrain
+
+    monkeypatch.setattr(qtrain, "train", lambda args: {"finished": False, "episodes": {}, "env_steps": 1})
+    out = tmp_path / "repro"
+    with pytest.raises(KeyboardInterrupt):
+        rep.reproduce(rep.make_args("tiny", out=str(out), attempts=2))
+    pieces = out / rep.PIECES_FILE
+    assert not pieces.is_file() or "train:canonical" not in json.loads(pieces.read_text())["results"]
+    assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 130
+
+
+def test_bad_records_and_arguments_are_refused(tmp_path) -> None:
+    for text in ("[]", json.dumps({"format": rep.FORMAT}), json.dumps({"format": rep.FORMAT, "config": []})):
+        bad = tmp_path / f"bad{len(text)}"
+        bad.mkdir()
+        (bad / rep.PIECES_FILE).write_text(text)
+        with pytest.raises(ValueError, match="not an rcan reproduce record"):
+            rep.Pieces(bad, rep.make_args("tiny", out=str(bad)))
+    for bad_arg in ({"agent_minutes": -1.0}, {"agent_env_steps": -5}, {"grid_frames": 0}):
+        with pytest.raises(ValueError, match=">= 0|>= 1"):
+            rep.make_args("tiny", **bad_arg)
+
+
+def test_the_report_names_the_source_commit() -> None:
+    commit = rep.source_commit()
+    assert commit == "unknown" or len(commit.split("+")[0]) >= 7

@@ -25,6 +25,13 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def open_atomic(
     path: str | os.PathLike[str], mode: str = "wb", tmp: str | os.PathLike[str] | None = None
@@ -35,6 +42,7 @@ def open_atomic(
     path.parent.mkdir(parents=True, exist_ok=True)
     if tmp is None:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(name, 0o666 & ~_umask())  # mkstemp's 0600 would follow the file through the rename
         fh = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
     else:
         name = str(tmp)

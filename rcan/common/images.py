@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rcan.common.atomic import open_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_COLOURS = np.array(
@@ -63,8 +64,7 @@ def load_square_rgb(path: Path, size: int) -> np.ndarray:
 def save_png(path: Path, array: np.ndarray) -> Path:
     """Write a PNG atomically (temp file + rename): a kill never leaves a half-written image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    image = Image.fromarray(array)  # a bad array fails here, before any file is touched
+    with open_atomic(path) as f:
+        image.save(f, format="PNG")
     return path

@@ -23,6 +23,8 @@ def run_demo(out: str | Path, seed: int = 0, frames: int = 24, attempts: int = 1
     """Write the demo's pictures and ``report.md`` into ``out``; returns the report's path."""
     from rcan.sim.gallery import LEGEND, save_grid, scene_panels
 
+    if frames < 1 or attempts < 1:
+        raise ValueError(f"the demo needs frames >= 1 and attempts >= 1, got {frames} and {attempts}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# rcan demo", "", f"Seed {seed}. Everything below ran on this machine with shipped weights only.", ""]

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rcan.common.atomic import write_json_atomic, write_text_atomic
+from rcan.common.atomic import open_atomic, write_json_atomic, write_text_atomic
 from rcan.common.presets import from_preset
 
 AGENTS = ("canonical", "mild", "medium", "heavy", "rcan")
@@ -125,6 +125,8 @@ def make_args(preset: str = "default", **overrides: Any) -> ReproduceArgs:
     args = from_preset(ReproduceArgs, PRESETS, preset, overrides)
     if args.stages < 1 or args.attempts < 1 or args.min_real_episodes < args.stages:
         raise ValueError("stages and attempts must be >= 1, and min_real_episodes >= stages")
+    if args.agent_minutes < 0 or args.agent_env_steps < 0 or args.grid_frames < 1:
+        raise ValueError("agent_minutes and agent_env_steps must be >= 0 (0: the preset's), grid_frames >= 1")
     if not 0.0 < args.real_fraction <= 1.0:
         raise ValueError(f"real_fraction must be in (0, 1], got {args.real_fraction}")
     if args.finetune not in ("fresh", "continue"):
@@ -147,9 +149,11 @@ class Pieces:
         if self.path.is_file():
             try:
                 saved = json.loads(self.path.read_text())
-                if saved.get("format") != FORMAT:
+                if not isinstance(saved, dict) or saved.get("format") != FORMAT:
                     raise ValueError("wrong format")
-            except (json.JSONDecodeError, ValueError) as err:
+                if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("results"), dict):
+                    raise ValueError("no config or results")
+            except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
                 raise ValueError(f"{self.path} is not an rcan reproduce record ({err})") from None
             diff = [k for k in self.config if saved["config"].get(k) != self.config[k]]
             if diff:
@@ -195,7 +199,10 @@ def _run_training(run: Path, preset: str, overrides: dict[str, Any]) -> dict[str
     from rcan.qtopt.train import train
 
     resume = (run / STATE_FILE).is_file()
-    return train(resolve_args(str(run), preset, resume, overrides))
+    summary = train(resolve_args(str(run), preset, resume, overrides))
+    if not summary["finished"]:  # stopped by a signal: checkpointed, not done; the same command carries on
+        raise KeyboardInterrupt
+    return summary
 
 
 def _evaluate(
@@ -293,6 +300,27 @@ def _generator_grid(out: Path, generator: str, args: ReproduceArgs) -> Path:
     return save_png(out / "figure3_real.png", np.kron(grid, np.ones((2, 2, 1), np.uint8)))
 
 
+def source_commit() -> str:
+    """The git commit of the ``rcan`` source that runs, "+changes" when its tree has uncommitted ones, or
+    "unknown" when the package does not run from its own checkout (an install inside another repository
+    would otherwise report that repository's commit)."""
+    root = Path(__file__).resolve().parents[2]  # the checkout holding rcan/
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=10)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() != root:
+            return "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "rcan")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+changes" if commit and dirty else commit or "unknown"
+
+
 # -- the report -------------------------------------------------------------------------------------------
 def _cell(r: dict[str, Any] | None) -> str:
     if not r:
@@ -383,10 +411,11 @@ def figure4(out: Path, results: dict[str, Any], args: ReproduceArgs) -> Path | N
     ax.set_title("Figure 4 (sim-to-sim): success vs real grasps, Wilson 95%")
     fig.tight_layout()
     path = out / "figure4.png"
-    tmp = path.with_name(".figure4.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with open_atomic(path) as f:
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -399,19 +428,9 @@ def environment_info() -> dict[str, str]:
 
     import rcan
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
         "rcan": rcan.__version__,
-        "commit": commit or "unknown",
+        "commit": source_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "pybullet": version("pybullet"),

@@ -23,6 +23,12 @@ STATE_FORMAT = "rcan.qtopt_train_state"
 CONFIG_FILE = "config.json"
 PROGRESS_FILE = "progress.jsonl"
 EPISODES_FILE = "episodes.jsonl"
+MEMBER_DIR = "members"
+"""With ``ensemble_members`` > 1: ``member-<k>.safetensors``, the online network ``k * ensemble_spacing``
+of the budget before the end, stored in the final agent file beside the final network."""
+STARTUP_FILES = frozenset({CONFIG_FILE, PROGRESS_FILE, EPISODES_FILE, "tb", MEMBER_DIR})
+"""All a run may write before its first checkpoint: a folder with only these and no state file is a run
+killed before it had anything to resume, and a fresh start takes it over (rather than refuse it for good)."""
 WINDOW = 100
 """Episodes in the "recent" success rates."""
 
@@ -494,7 +500,8 @@ def resolve_args(out: str, preset: str | None, resume: bool, overrides: Mapping[
     if resume:
         state = run / STATE_FILE
         if not state.is_file():
-            raise FileNotFoundError(f"nothing to resume: {state} does not exist")
+            hint = " (stopped before its first checkpoint: start it again without --resume)"
+            raise FileNotFoundError(f"nothing to resume: {state} does not exist{hint if run.is_dir() else ''}")
         saved = args_from_json(_read_state_meta(state)["args"])
         if preset is not None and preset != saved.preset:
             raise ValueError(f"{out} was trained with --preset {saved.preset}, not {preset}")
@@ -504,9 +511,15 @@ def resolve_args(out: str, preset: str | None, resume: bool, overrides: Mapping[
                     f"{out} was trained with {key}={getattr(saved, key)!r}; cannot change it on resume"
                 )
         return _validated(dataclasses.replace(saved, out=out, resume=True, **overrides))
-    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+    if run.exists() and not startup_leftovers(run):
         raise ValueError(f"{out} already exists; pass --resume to continue it or choose a new --out")
     return make_args(preset or "default", out=out, resume=False, **overrides)
+
+
+def startup_leftovers(run: Path) -> bool:
+    """Whether ``run`` is a folder a fresh run may take over: empty, or holding only ``STARTUP_FILES`` and
+    no state file (a run killed before its first checkpoint)."""
+    return run.is_dir() and all(p.name in STARTUP_FILES for p in run.iterdir())
 
 
 def _validated(args: TrainArgs) -> TrainArgs:

@@ -4,6 +4,7 @@ torch only when run."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,13 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         f"{s['env_steps']} env steps, {s['grad_steps']} gradient steps, {s['minutes']:.1f} min; "
         f"recent success: {rates or 'n/a'}; wrote {s['agent']}"
     )
+    if not s["finished"]:  # a signal: checkpointed short of the budget
+        print(
+            f"rcan train-agent: stopped before the end of its budget; continue with "
+            f"rcan train-agent --out {args.out} --resume",
+            file=sys.stderr,
+        )
+        return 130
     if "distill" in s:
         d = s["distill"]
         print(f"distilled the {d['critics']}-critic ensemble into one network: {d['steps']} steps, {d['minutes']:.1f} min")

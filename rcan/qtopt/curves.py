@@ -40,6 +40,8 @@ class Curve:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a run's log. A last line without its newline is a row being written (a live run) or cut
+    by a kill: it is left out; any other line that is not JSON is an error."""
     rows = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -48,6 +50,8 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
+                if not line.endswith("\n"):  # only the last line can lack one: unfinished
+                    break
                 raise ValueError(f"{path}:{n} is not JSON ({err})") from None
     return rows
 

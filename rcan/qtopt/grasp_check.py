@@ -469,20 +469,23 @@ def save_check_data(path: Path, data: Mapping[str, np.ndarray], attrs: Mapping[s
     import h5py
 
     tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
-        n = len(data["labels"])
-        f.create_dataset(
-            "images",
-            data=data["images"],
-            chunks=(min(n, 64), *data["images"].shape[1:]),
-            compression="gzip",
-            compression_opts=4,
-        )
-        for key in ("states", "labels", "levels", "grasps"):
-            f.create_dataset(key, data=data[key])
-        for k, v in attrs.items():
-            f.attrs[k] = v
-    os.replace(tmp, path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            n = len(data["labels"])
+            f.create_dataset(
+                "images",
+                data=data["images"],
+                chunks=(min(n, 64), *data["images"].shape[1:]),
+                compression="gzip",
+                compression_opts=4,
+            )
+            for key in ("states", "labels", "levels", "grasps"):
+                f.create_dataset(key, data=data[key])
+            for k, v in attrs.items():
+                f.attrs[k] = v
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left if the write failed
     fsync_dir(path.parent)
     return path
 

@@ -65,6 +65,7 @@ from rcan.qtopt.agent import AGENT_FILE, image_channels, save_agent
 from rcan.qtopt.args import (
     CONFIG_FILE,
     EPISODES_FILE,
+    MEMBER_DIR,
     PROGRESS_FILE,
     STATE_FILE,
     STATE_FORMAT,
@@ -106,9 +107,6 @@ LOG_FILES = (EPISODES_FILE, PROGRESS_FILE)
 """The run's append-only logs, cut back to their checkpointed sizes on resume."""
 SNAPSHOT_DIR = "snapshots"
 """With ``keep_snapshots``: every checkpoint's agent file, in the run directory."""
-MEMBER_DIR = "members"
-"""With ``ensemble_members`` > 1: ``member-<k>.safetensors``, the online network ``k * ensemble_spacing``
-of the budget before the end, stored in the final agent file beside the final network."""
 ENSEMBLE_AGENT_FILE = "agent-ensemble.safetensors"
 """With ``distill_steps``: the ensemble's agent file, kept beside the distilled one that replaces it."""
 
@@ -182,10 +180,14 @@ class Trainer:
         }
         self.replay_file: str | None = None
         self._episode_rows: list[str] = []
-        if args.resume:
-            self.load_checkpoint()
-        elif args.finetune_from:
-            self._start_from(args.finetune_from)
+        try:
+            if args.resume:
+                self.load_checkpoint()
+            elif args.finetune_from:
+                self._start_from(args.finetune_from)
+        except BaseException:
+            self.close()  # a Ray replay's actors would outlive a trainer that never started
+            raise
 
     @property
     def net(self) -> QNetwork:
@@ -654,7 +656,11 @@ class Trainer:
         write_text_atomic(self.run_dir / CONFIG_FILE, args_to_json(self.args) + "\n")
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.grad_steps or None)
+        if not a.resume and self.checkpoint_id == 0:  # a fresh run, maybe over a run killed before its first
+            # checkpoint (``STARTUP_FILES``): its logs start empty
+            self.truncate_logs(dict.fromkeys(LOG_FILES, 0))
+        # From the checkpoint's step on, older events (of a killed stretch or run) are hidden.
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.grad_steps)
         stop = {"flag": False}
 
         def _on_signal(signum: int, frame: Any) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcan.common.atomic import open_atomic
 from rcan.common.images import colour_depth, colour_segmentation
 from rcan.sim.domains import DOMAINS, canonical_twin
 from rcan.sim.grasp_env import GraspEnv
@@ -51,11 +52,11 @@ def save_grid(panels: list[tuple[str, np.ndarray]], out: Path, title: str = "") 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with open_atomic(out) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return out
 
 

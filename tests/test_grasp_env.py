@@ -221,11 +221,48 @@ def test_domains_look_different_and_switch(env):
         ({"num_objects": 0}, "num_objects"),
         ({"pair_domain": "x"}, "pair_domain"),
         ({"camera": "fisheye"}, "unknown camera"),
+        # Physical scales that would run and give wrong results (no physics, everything a success, NaN).
+        ({"time_step": 0.0}, "time_step"),
+        ({"success_height": -1.0}, "success_height"),
+        ({"max_translation": float("nan")}, "max_translation"),
+        ({"max_rotation": -0.2}, "max_rotation"),
+        ({"label_objects": True, "render_observation": False}, "label_objects"),
     ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GraspEnv(**kwargs)
+
+
+def test_unknown_reset_options_are_refused():
+    env = GraspEnv(image_size=16, render_observation=False)
+    try:
+        with pytest.raises(ValueError, match="unknown reset options"):
+            env.reset(seed=0, options={"domian": "heavy"})
+        env.reset(seed=0, options={})
+    finally:
+        env.close()
+
+
+def test_worlds_built_from_threads_leave_the_process_output_alone():
+    """PyBullet's connection banner is silenced by pointing fds 1 and 2 at /dev/null for a moment; threads
+    doing it at once must not leave them there for good."""
+    import os
+    import threading
+
+    from rcan.sim.bullet import new_client
+
+    def connect() -> None:
+        for _ in range(5):
+            new_client().disconnect()
+
+    before = [os.readlink(f"/proc/self/fd/{fd}") for fd in (1, 2)]
+    threads = [threading.Thread(target=connect) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert [os.readlink(f"/proc/self/fd/{fd}") for fd in (1, 2)] == before
 
 
 def test_tray_camera_zooms_onto_the_tray_and_leaves_the_physics_alone():

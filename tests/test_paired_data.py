@@ -389,6 +389,25 @@ def test_flipped_bytes_fail_on_read(copy: Path) -> None:
         ds[16 + 3]
     with pytest.raises(ValueError, match=shard_name(2)):
         ds.load()
+    ds.close()
+    # A restart keeps finished shards for good, so it reads every checksum of the ones it keeps.
+    with pytest.raises(ValueError, match=rf"{shard_name(2)}.*delete it and rerun"):
+        collect(copy, CONFIG, progress=False)
+
+
+def test_a_flipped_byte_in_the_labels_is_refused_on_open(copy: Path) -> None:
+    """Episode ids, steps, seeds and object names carry checksums too, and are read on open: a damaged
+    label is an error, never a wrong label served for good."""
+    path = copy / shard_name(1)
+    with h5py.File(path, "r") as f:
+        info = f["step"].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        byte = fh.read(1)
+        fh.seek(info.byte_offset)
+        fh.write(bytes([byte[0] ^ 0x07]))
+    with pytest.raises(ValueError, match=rf"{shard_name(1)}: damaged"):
+        PairedDataset(copy)
 
 
 def test_extra_shard_is_an_error(copy: Path) -> None:

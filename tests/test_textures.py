@@ -219,6 +219,15 @@ def test_folder_name_depends_on_folder_and_contents(folder: pathlib.Path, tmp_pa
     assert ImageFolderTextures(folder, resolution=32).name != ImageFolderTextures(folder).name
 
 
+def test_folder_16_bit_png_keeps_its_levels(tmp_path: pathlib.Path, cache: pathlib.Path) -> None:
+    """PIL's convert("RGB") clips 16-bit grey at 255 (a near-white texture); the levels must be scaled."""
+    d = tmp_path / "deep"
+    d.mkdir()
+    Image.fromarray(np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))).save(d / "ramp.png")
+    img = ImageFolderTextures(d, resolution=8).image(0)
+    assert img[..., 0].min() < 40 and img[..., 0].max() > 215 and abs(float(img.mean()) - 127.5) < 15
+
+
 def test_folder_missing_dir(tmp_path: pathlib.Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(ValueError, match="does not exist") as info:

@@ -46,13 +46,23 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return found, missing
 
 
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. 16- and 32-bit grey images are scaled from 0-65535 (PIL's own
+    ``convert("RGB")`` clips them at 255: a 16-bit PNG would come out nearly white); float images from 0-1."""
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if im.mode == "F" and np.nanmax(a, initial=0.0) <= 1.0 else 255.0 / 65535.0
+        im = Image.fromarray(np.clip(np.nan_to_num(a) * scale, 0, 255).round().astype(np.uint8))
+    return im.convert("RGB")
+
+
 def load_square_rgb(path: Path, size: int) -> np.ndarray:
     """Load any PNG/JPEG as RGB, centre-crop to a square and resize to ``size`` (what the model takes).
 
     Raises ``ValueError`` with the reason for a file that is not a readable image."""
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
+            im = to_rgb8(ImageOps.exif_transpose(im))
             w, h = im.size
             s = min(w, h)
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))

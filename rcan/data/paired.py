@@ -223,13 +223,14 @@ class ShardWriter:
                 chunks=(1, *shape) if image else None,
                 compression=COMPRESSION if image else None,
                 compression_opts=COMPRESSION_LEVEL if image else None,
-                fletcher32=image,
+                fletcher32=True,  # every dataset: a flipped bit in a label is an error, not a wrong label
                 track_times=False,
             )
         self._ds["objects"] = f.create_dataset(
             "objects",
             shape=(self.count, num_objects),
             dtype=f"S{OBJECT_NAME_BYTES}",
+            fletcher32=True,
             track_times=False,
         )
         self._meta = {k: np.zeros(self.count, np.int64) for k in META_KEYS}
@@ -284,10 +285,12 @@ class ShardWriter:
 
 
 # -- validation ------------------------------------------------------------------------------------------
-def check_shard(path: str | Path, manifest: dict[str, Any], index: int) -> int:
+def check_shard(path: str | Path, manifest: dict[str, Any], index: int, full: bool = False) -> int:
     """Check that ``path`` is shard ``index`` of the collection in ``manifest``; returns its sample count.
 
-    Checks structure and metadata (not every pixel: chunks carry fletcher32 checksums, checked on read).
+    Checks structure and reads the metadata (ids, steps, seeds, object names: small); with ``full`` also
+    every image, so that every chunk's fletcher32 checksum is verified (``rcan collect`` does this for the
+    shards it keeps on a restart; a dataset opened for training checks pixels as it reads them).
     Any problem is one ValueError that names the file.
     """
     path = Path(path)
@@ -297,7 +300,14 @@ def check_shard(path: str | Path, manifest: dict[str, Any], index: int) -> int:
         raise ValueError(f"{path}: not a readable HDF5 file, truncated or corrupt ({_short(err)})") from err
     try:
         with f:
-            return _check_open_shard(f, path, manifest, index)
+            n = _check_open_shard(f, path, manifest, index)
+            for name in (*META_KEYS, "objects", *(IMAGE_KEYS if full else ())):
+                ds = f[name]
+                for lo in range(0, n, 256):  # chunk-sized reads: a damaged chunk fails its checksum here
+                    ds[lo : lo + 256]
+            if f["step"][:].min(initial=0) < 0 or f["episode"][:].min(initial=0) < 0:
+                raise ValueError(f"{path}: negative episode ids or steps")
+            return n
     except ValueError:
         raise
     except Exception as err:  # h5py raises OSError/KeyError/RuntimeError/TypeError on damaged files

@@ -120,6 +120,18 @@ class GraspEnv(gym.Env):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if image_size > 1024:
             raise ValueError(f"image_size must be <= 1024, got {image_size}")
+        # Physical scales: a zero time step (no physics: objects hang where they were dropped and count as
+        # lifted), a NaN move or a negative success height would run and give wrong results without an error.
+        for name, value, low, high in (
+            ("max_translation", max_translation, 0.0, 0.2),
+            ("max_rotation", max_rotation, 0.0, math.pi),
+            ("success_height", success_height, 0.0, 0.3),
+            ("time_step", time_step, 0.0, 0.1),
+        ):
+            if not isinstance(value, (int, float, np.floating)) or not low < float(value) <= high:
+                raise ValueError(f"{name} must be a number in ({low}, {high}], got {value!r}")
+        if label_objects and not render_observation:
+            raise ValueError("label_objects needs render_observation=True (the mask comes from the frame)")
         self.domain, self.pair_domain = domain, pair_domain
         self.image_size, self.num_objects, self.max_steps = int(image_size), int(num_objects), int(max_steps)
         self.object_split, self.object_family = object_split, object_family
@@ -166,6 +178,9 @@ class GraspEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
+        unknown = set(options) - {"domain"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; the env takes 'domain'")
         if "domain" in options:
             self.set_domain(options["domain"])
         if self._episodes_in_world >= self.rebuild_every:

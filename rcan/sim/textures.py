@@ -34,7 +34,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, ImageOps
 
-from rcan.common.images import IMAGE_SUFFIXES
+from rcan.common.images import IMAGE_SUFFIXES, to_rgb8
 
 __all__ = [
     "ImageFolderTextures",
@@ -412,7 +412,7 @@ class ProceduralTextures(_CachedSource):
 
 def _square_rgb(im: Image.Image, resolution: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Crop (default: the centred square) and resize to ``resolution`` x ``resolution`` RGB."""
-    im = im.convert("RGB")
+    im = to_rgb8(im)
     if box is None:
         w, h = im.size
         s = min(w, h)

@@ -211,8 +211,11 @@ class LocalCollectors:
         self._closed = False
 
     def set_weights(self, weights: Mapping[str, Any], version: int = 0) -> None:
+        # Copies: the queue pickles in a feeder thread later, while the optimizer updates the parameters in
+        # place; arrays sharing their memory would reach the collectors as a mix of two gradient steps.
         arrays = {
-            k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in weights.items()
+            k: (v.detach().cpu().clone().numpy() if torch.is_tensor(v) else np.array(v, copy=True))
+            for k, v in weights.items()
         }
         for q in self._weights:
             q.put((int(version), arrays))

@@ -737,3 +737,25 @@ def test_keypoints_follow_the_bright_spot() -> None:
         feats[0, 0, 2, 6] = 1.0  # row 2, column 6 of 8
         xy = net.keypoint_coords(feats)[0]
     torch.testing.assert_close(xy, torch.tensor([-1 + 2 * 6 / 7, -1 + 2 * 2 / 7]), atol=1e-3, rtol=0)
+
+
+def test_weights_pushed_to_collectors_are_copies() -> None:
+    """The process queue pickles later, in a feeder thread, while the optimizer updates parameters in
+    place: what a collector gets must be the weights at the push, not a mix of two gradient steps."""
+    from rcan.qtopt.collectors import LocalCollectors
+
+    class Captured:
+        def __init__(self) -> None:
+            self.items: list = []
+
+        def put(self, item) -> None:
+            self.items.append(item)
+
+    coll = object.__new__(LocalCollectors)  # no processes: only the push is under test
+    coll._weights = [Captured()]
+    net = torch.nn.Linear(2, 2)
+    coll.set_weights(net.state_dict(), version=3)
+    with torch.no_grad():
+        net.weight.add_(1.0)  # the next gradient step, in place
+    version, arrays = coll._weights[0].items[0]
+    assert version == 3 and not np.allclose(arrays["weight"], net.weight.detach().numpy())

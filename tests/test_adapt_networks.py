@@ -140,3 +140,11 @@ def test_load_generator_rejects_foreign_and_broken_files(tmp_path):
     save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "rcan.generator", "config": "{}"})
     with pytest.raises(ValueError, match="do not match"):
         load_generator(path)
+
+
+def test_pix2pix_refuses_sizes_its_levels_cannot_halve():
+    from rcan.adapt.networks import Pix2PixUnetConfig
+
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*num_downs = 64"):
+        Pix2PixUnetConfig(image_size=96)
+    assert Pix2PixUnetConfig(image_size=128).image_size == 128

@@ -120,6 +120,26 @@ def test_rcan_mode_concatenates_generator_output(tmp_path) -> None:
     assert policy.input_mode == "rcan" and policy.act(_obs(rng), {}).shape == (6,)
 
 
+def test_an_rcan_agent_never_takes_a_changed_generator_for_its_own(tmp_path) -> None:
+    """The agent records its generator's fingerprint: a generator file overwritten since (a resumed or
+    retrained generator run) is refused unless passed explicitly."""
+    from rcan.adapt.inference import generator_fingerprint, save_generator
+    from rcan.adapt.networks import define_G
+
+    torch.manual_seed(0)
+    gen = define_G("tiny").eval()
+    run = tmp_path / "gen"
+    save_generator(run / "generator.safetensors", gen, step=10)
+    net = QNetwork(QNetConfig(**{**SMALL.__dict__, "in_channels": 6}))
+    extra = {"generator": str(run / "generator.safetensors"), "generator_id": generator_fingerprint(run)}
+    save_agent(tmp_path / "agent" / "agent.safetensors", net, "rcan", CEMConfig(8, 2, 1), extra)
+    assert load_agent(tmp_path / "agent").input_mode == "rcan"  # found at the recorded path, unchanged
+    save_generator(run / "generator.safetensors", gen, step=20)  # the generator run went on
+    with pytest.raises(ValueError, match="another generator"):
+        load_agent(tmp_path / "agent")
+    assert load_agent(tmp_path / "agent", generator=run).input_mode == "rcan"  # the user's explicit choice
+
+
 def test_evaluate_protocol_with_tiny_agent(tmp_path) -> None:
     torch.manual_seed(0)
     save_agent(tmp_path / "agent" / "agent.safetensors", QNetwork(SMALL), "canonical", CEMConfig(8, 2, 1))

@@ -685,3 +685,20 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again(tmp_path, mon
     monkeypatch.setattr(qtrain, "train", lambda a: {**stopped, "agent": str(tmp_path / "s" / "agent.safetensors")})
     assert _cli_status(["train-agent", "--out", str(tmp_path / "s"), "--preset", "tiny"]) == 130
     assert "--resume" in capsys.readouterr().err
+
+
+def test_an_rcan_run_resumes_only_with_its_generator(tmp_path) -> None:
+    from rcan.adapt.inference import save_generator
+    from rcan.adapt.networks import define_G
+
+    torch.manual_seed(0)
+    gen_file = tmp_path / "gen" / "generator.safetensors"
+    save_generator(gen_file, define_G("tiny"), step=1)
+    with pytest.raises(ValueError, match="translates 64x64 frames"):
+        make_args("tiny", input="rcan", generator=str(gen_file), image_size=32)
+    run = tmp_path / "run"
+    Trainer(make_args("tiny", out=str(run), input="rcan", generator=str(gen_file), collectors=0)).save_checkpoint()
+    Trainer(resolve_args(str(run), None, True, {}))  # the same file: fine
+    save_generator(gen_file, define_G("tiny"), step=2)  # overwritten by a generator run that went on
+    with pytest.raises(ValueError, match="not the generator"):
+        Trainer(resolve_args(str(run), None, True, {}))

@@ -48,6 +48,14 @@ def resolve_generator_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def generator_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A short hash of a generator file's bytes: an agent trained on a generator's images records it, so a
+    generator file overwritten later (a resumed or retrained generator run) is never taken for it."""
+    import hashlib
+
+    return hashlib.sha256(resolve_generator_path(path).read_bytes()).hexdigest()[:16]
+
+
 def load_generator(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """Rebuild a trained generator from a run directory or a ``generator.safetensors`` file.
 

@@ -107,8 +107,11 @@ class Pix2PixUnetConfig:
             raise ValueError("the pix2pix U-Net needs num_downs >= 5")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.image_size < 2**self.num_downs:
-            raise ValueError(f"image_size {self.image_size} is too small for {self.num_downs} levels")
+        if self.image_size < 2**self.num_downs or self.image_size % 2**self.num_downs:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of 2**num_downs = {2**self.num_downs} "
+                f"(each of the {self.num_downs} levels halves it)"
+            )
 
 
 @dataclass(frozen=True)

@@ -391,11 +391,23 @@ def _resolve_generator(agent: Path, generator: Any, metadata: Mapping[str, str])
 
     if isinstance(generator, nn.Module):
         return generator.eval()
-    if generator is not None:
+    if generator is not None:  # the caller's choice
         return load_generator(generator)[0]
+    from rcan.adapt.inference import generator_fingerprint
+
+    trained_on = metadata.get("generator_id", "")  # agents before 2026-12-07 do not record it
+    changed = []
     for candidate in (agent.parent / GENERATOR_FILE, metadata.get("generator")):
         if candidate and Path(candidate).exists():
+            if trained_on and generator_fingerprint(candidate) != trained_on:
+                changed.append(str(candidate))
+                continue
             return load_generator(candidate)[0]
+    if changed:
+        raise ValueError(
+            f"{agent} was trained on another generator than the one now at {' and '.join(changed)} (its file "
+            "changed since: a resumed or retrained generator run?); pass --generator to use it anyway"
+        )
     raise FileNotFoundError(
         f"{agent} is an 'rcan' agent: pass --generator, or put {GENERATOR_FILE} beside the agent file"
     )

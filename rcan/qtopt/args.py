@@ -481,7 +481,9 @@ RESUMABLE = frozenset(
         "check_confirm",
     }
 )
-"""Fields that may change on resume (they do not change what the saved state means)."""
+"""Fields that may change on resume (they do not change what the saved state means). ``generator`` is a
+path, which may move; the run checks that the file there is the one it was trained with (its fingerprint
+in the state)."""
 
 
 def make_args(preset: str = "default", **overrides: Any) -> TrainArgs:
@@ -616,6 +618,15 @@ def _validated(args: TrainArgs) -> TrainArgs:
     camera_config(str(args.camera))  # a known camera name (a run records its name, never a CameraConfig)
     if args.input == "rcan" and args.camera != "wide":
         raise ValueError("--input rcan needs camera=wide (the view the generators are trained on)")
+    if args.input == "rcan" and args.generator and Path(args.generator).exists():  # a missing one: at start
+        from rcan.adapt.inference import load_generator
+
+        size = load_generator(args.generator)[1].image_size
+        if size != args.image_size:
+            raise ValueError(
+                f"the generator {args.generator} translates {size}x{size} frames; train with --set "
+                f"image_size={size} or a generator trained at {args.image_size}"
+            )
     if args.finetune_from:
         from rcan.sim.domains import DOMAINS
 

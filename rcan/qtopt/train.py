@@ -180,6 +180,11 @@ class Trainer:
         }
         self.replay_file: str | None = None
         self._episode_rows: list[str] = []
+        self.generator_id = ""  # ``--input rcan``: the fingerprint of the frozen generator's file
+        if args.generator:
+            from rcan.adapt.inference import generator_fingerprint
+
+            self.generator_id = generator_fingerprint(args.generator)
         try:
             if args.resume:
                 self.load_checkpoint()
@@ -465,6 +470,7 @@ class Trainer:
             "np_rng": json.dumps(self.rng.bit_generator.state),
             "replay_file": self.replay_file or "",
             "log_sizes": json.dumps(self.log_sizes()),
+            "generator_id": self.generator_id,
             **opt_meta,
             **rng_m,
         }
@@ -524,6 +530,7 @@ class Trainer:
         }
         if self.args.generator:
             extra["generator"] = str(Path(self.args.generator).resolve())
+            extra["generator_id"] = self.generator_id
         return extra
 
     def distill_agent(self) -> dict[str, Any]:
@@ -619,6 +626,12 @@ class Trainer:
     def load_checkpoint(self) -> None:
         path = self.run_dir / STATE_FILE
         tensors, meta = load_safetensors(path, expect_format=STATE_FORMAT)
+        trained_on = meta.get("generator_id", "")  # older checkpoints: not recorded
+        if trained_on and trained_on != self.generator_id:
+            raise ValueError(
+                f"{self.args.generator} is not the generator {self.run_dir} was trained with (its file "
+                f"differs: {self.generator_id} against {trained_on}); resume with that generator"
+            )
         self._load_learner(path, tensors, meta)
         load_rng_state(tensors, meta)
         self.torch_rng.set_state(tensors["torch_rng"].clone())

@@ -702,3 +702,16 @@ def test_an_rcan_run_resumes_only_with_its_generator(tmp_path) -> None:
     save_generator(gen_file, define_G("tiny"), step=2)  # overwritten by a generator run that went on
     with pytest.raises(ValueError, match="not the generator"):
         Trainer(resolve_args(str(run), None, True, {}))
+
+
+def test_a_batch_is_drawn_only_from_the_mix_s_buffers(tmp_path) -> None:
+    """A finetuning run's collector may deliver a scripted episode before it has the agent's weights; the
+    finetuning mix (real + policy) cannot sample it, so training must wait (it crashed on Ray)."""
+    base = tmp_path / "base"
+    Trainer(make_args("tiny", out=str(base), seed=1)).save_checkpoint()
+    t = Trainer(make_args("tiny", out=str(tmp_path / "ft"), finetune_from=str(base), real_episodes=2))
+    assert {name for name, _ in t.batch_mix()} == {"real", "policy"}
+    t.replay.sizes = lambda: {"scripted": 40, "policy": 0, "real": 0}
+    assert not t.ready()
+    t.replay.sizes = lambda: {"scripted": 40, "policy": 0, "real": 3}
+    assert t.ready()

@@ -120,3 +120,9 @@ def test_bad_records_and_arguments_are_refused(tmp_path) -> None:
 def test_the_report_names_the_source_commit() -> None:
     commit = rep.source_commit()
     assert commit == "unknown" or len(commit.split("+")[0]) >= 7
+
+
+def test_the_tiny_preset_on_ray_gets_a_collector_actor() -> None:
+    assert rep.make_args("tiny", backend="ray").collectors == 1  # tiny's in-process collector has no Ray form
+    assert rep.make_args("tiny").collectors == 0
+    assert rep.make_args("tiny", backend="ray", collectors=2).collectors == 2

@@ -123,6 +123,9 @@ RESUMABLE = frozenset({"out", "backend", "address", "collectors"})
 
 def make_args(preset: str = "default", **overrides: Any) -> ReproduceArgs:
     args = from_preset(ReproduceArgs, PRESETS, preset, overrides)
+    if args.backend == "ray" and args.collectors == 0 and "collectors" not in overrides:
+        # a preset's in-process collector (tiny) has no Ray form: one collector actor instead
+        args = dataclasses.replace(args, collectors=1)
     if args.stages < 1 or args.attempts < 1 or args.min_real_episodes < args.stages:
         raise ValueError("stages and attempts must be >= 1, and min_real_episodes >= stages")
     if args.agent_minutes < 0 or args.agent_env_steps < 0 or args.grid_frames < 1:

@@ -87,7 +87,10 @@ def learning_curve(run: str | os.PathLike[str], window: int = 100) -> Curve:
             i = bisect.bisect_left(steps, g)
             minutes.append(mins[min(i, len(mins) - 1)] if mins else float("nan"))
     if not outcomes:
-        raise ValueError(f"{episodes_file} has no greedy (eval) episodes yet")
+        raise ValueError(
+            f"{episodes_file} has no greedy (eval) episodes yet (a run with eval_prob=0, as the tiny preset, "
+            "has none: train with --set eval_prob=0.1 for a curve)"
+        )
     o = np.asarray(outcomes, dtype=float)
     c = np.concatenate([[0.0], np.cumsum(o)])
     idx = np.arange(1, len(o) + 1)

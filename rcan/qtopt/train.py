@@ -333,7 +333,13 @@ class Trainer:
         return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def ready(self) -> bool:
-        return self.env_steps >= self.learning_starts and sum(self.replay.sizes().values()) > 0
+        """Whether a batch can be drawn: the warm-up is over and a buffer of the batch mix holds data (a
+        finetuning run's collector may deliver a scripted episode before it gets the agent's weights; that
+        buffer is not in the finetuning mix)."""
+        if self.env_steps < self.learning_starts:
+            return False
+        sizes = self.replay.sizes()
+        return any(sizes.get(name, 0) > 0 for name, _ in self.batch_mix())
 
     @property
     def learning_starts(self) -> int:

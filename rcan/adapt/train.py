@@ -61,7 +61,7 @@ from rcan.adapt.pairs import (
     split_indices,
     validate_arrays,
 )
-from rcan.common.atomic import open_atomic, write_json_atomic
+from rcan.common.atomic import write_json_atomic
 from rcan.common.checkpoint import (
     load_optimizer_state,
     load_rng_state,
@@ -71,6 +71,7 @@ from rcan.common.checkpoint import (
     rng_state_to_tensors,
     save_safetensors_atomic,
 )
+from rcan.common.images import save_figure
 
 
 # -- the loop ------------------------------------------------------------------------------------------
@@ -475,9 +476,4 @@ def save_grid(trainer: Trainer, arrays: Mapping[str, np.ndarray], idx: np.ndarra
     y = 1 - 0.5 * header / (h + header)
     for i, name in enumerate(GRID_COLUMNS):
         fig.text((i + 0.5) / len(GRID_COLUMNS), y, name, ha="center", va="center", fontsize=9)
-    try:
-        with open_atomic(path) as f:
-            fig.savefig(f, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)

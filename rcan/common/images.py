@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -69,6 +70,19 @@ def load_square_rgb(path: Path, size: int) -> np.ndarray:
             return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
         raise ValueError(f"not a readable image ({type(err).__name__}: {err})") from None
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Write a matplotlib figure as a PNG atomically (``open_atomic``) and close it, written or not."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with open_atomic(path) as f:
+            fig.savefig(f, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from rcan.common.atomic import open_atomic, write_json_atomic, write_text_atomic
+from rcan.common.atomic import write_json_atomic, write_text_atomic
+from rcan.common.images import save_figure
 from rcan.common.presets import from_preset
 
 AGENTS = ("canonical", "mild", "medium", "heavy", "rcan")
@@ -413,13 +414,7 @@ def figure4(out: Path, results: dict[str, Any], args: ReproduceArgs) -> Path | N
     ax.legend()
     ax.set_title("Figure 4 (sim-to-sim): success vs real grasps, Wilson 95%")
     fig.tight_layout()
-    path = out / "figure4.png"
-    try:
-        with open_atomic(path) as f:
-            fig.savefig(f, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, out / "figure4.png", dpi=110)
 
 
 def environment_info() -> dict[str, str]:

@@ -116,7 +116,7 @@ def plot_learning_curves(curves: list[Curve], out: str | os.PathLike[str], goal:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rcan.common.atomic import open_atomic
+    from rcan.common.images import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for c in curves:
@@ -130,9 +130,4 @@ def plot_learning_curves(curves: list[Curve], out: str | os.PathLike[str], goal:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open_atomic(out) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120)

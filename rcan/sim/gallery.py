@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcan.common.atomic import open_atomic
-from rcan.common.images import colour_depth, colour_segmentation
+from rcan.common.images import colour_depth, colour_segmentation, save_figure
 from rcan.sim.domains import DOMAINS, canonical_twin
 from rcan.sim.grasp_env import GraspEnv
 from rcan.sim.scene import CLASS_NAMES
@@ -51,13 +50,7 @@ def save_grid(panels: list[tuple[str, np.ndarray]], out: Path, title: str = "") 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    try:
-        with open_atomic(out) as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 LEGEND = ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES))

@@ -301,12 +301,12 @@ def check_shard(path: str | Path, manifest: dict[str, Any], index: int, full: bo
     try:
         with f:
             n = _check_open_shard(f, path, manifest, index)
-            for name in (*META_KEYS, "objects", *(IMAGE_KEYS if full else ())):
-                ds = f[name]
-                for lo in range(0, n, 256):  # chunk-sized reads: a damaged chunk fails its checksum here
-                    ds[lo : lo + 256]
-            if f["step"][:].min(initial=0) < 0 or f["episode"][:].min(initial=0) < 0:
+            meta = {name: f[name][:] for name in (*META_KEYS, "objects")}  # small; each checksum checked
+            if meta["step"].min(initial=0) < 0 or meta["episode"].min(initial=0) < 0:
                 raise ValueError(f"{path}: negative episode ids or steps")
+            for name in IMAGE_KEYS if full else ():
+                for lo in range(0, n, 256):  # a few chunks at a time: a damaged one fails its checksum here
+                    f[name][lo : lo + 256]
             return n
     except ValueError:
         raise

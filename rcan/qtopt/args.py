@@ -311,7 +311,7 @@ class TrainArgs:
     """Fraction of episodes that are greedy evaluations on the unseen test objects (never trained on)."""
     noise_std: float = 0.3
     """Exploration noise on dx, dy, dz, dyaw in on-policy episodes. 0.1 at the full budget (seed 5,
-    2026-12-07): greedy training success 70% against ~58%, but 87.9% over 30 object sets with the check,
+    2026-12-07): greedy training success 71% against seed 7's 58%, but 87.9% over 30 object sets with the check,
     inside the default seeds' 86.8-92.3%; not adopted."""
     aug_pad: int = 4
     """DrQ random shift in pixels (0: off). 2 pixels: 56.9% after 24 min against 66.7% (seed 0)."""

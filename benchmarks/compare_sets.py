@@ -6,9 +6,12 @@ Pairing by set removes the set's difficulty: this prints, over the sets both run
 (``eval-s*/result.json`` from ``benchmarks/eval_object_sets.py``), each run's pooled rate with its Wilson
 interval, the mean per-set difference B - A with a 95% t-interval, on how many sets B did better, worse or
 the same, and a two-sided sign test. Several pairs (one per training seed, say) pool their per-set
-differences. No simulation.
+differences. No simulation. A run may also be given as a JSON file with the per-set figures, so that an
+agent evaluated once need not be evaluated again: an ``eval-sets.json`` that ``eval_object_sets.py``
+wrote, or a file kept in ``docs/results`` (``docs/results/shipped/sets.json`` holds the shipped agent's).
 
     .venv/bin/python benchmarks/compare_sets.py runs/baseline runs/lever [BASE2 LEVER2 ...] [--first 0 --sets 15]
+    .venv/bin/python benchmarks/compare_sets.py docs/results/shipped/sets.json runs/lever
 """
 
 from __future__ import annotations
@@ -31,8 +34,28 @@ def sign_test(better: int, worse: int) -> float:
     return binomtest(better, better + worse).pvalue if better + worse else 1.0
 
 
+def per_set_file(path: Path) -> dict[int, tuple[int, int]]:
+    """Object set -> (successes, attempts) from a JSON file: ``per_set_counts`` ({set: [k, n]}), or
+    ``per_set`` as [k, n] pairs, or (older ``eval-sets.json``) as rates with the pooled ``attempts`` split
+    evenly over the sets."""
+    try:
+        d = json.loads(path.read_text())
+        table = d.get("per_set_counts") or d["per_set"]
+        if all(isinstance(v, list) for v in table.values()):
+            return {int(s): (int(k), int(n)) for s, (k, n) in table.items()}
+        each = int(d["attempts"]) // len(table)
+        if each * len(table) != int(d["attempts"]):
+            raise ValueError(f"{d['attempts']} attempts do not split evenly over {len(table)} sets")
+        return {int(s): (round(float(r) * each), each) for s, r in table.items()}
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        raise SystemExit(f"{path}: not a per-set results file ({type(e).__name__}: {e})") from None
+
+
 def per_set(run: Path) -> dict[int, tuple[int, int]]:
-    """Object set -> (successes, attempts) from a run's ``eval-s<N>/result.json`` (test objects)."""
+    """Object set -> (successes, attempts) from a run's ``eval-s<N>/result.json`` (test objects), or from
+    a per-set JSON file (``per_set_file``)."""
+    if run.is_file():
+        return per_set_file(run)
     out: dict[int, tuple[int, int]] = {}
     for f in run.glob("eval-s*/result.json"):
         m = re.fullmatch(r"eval-s(\d+)", f.parent.name)
@@ -47,7 +70,8 @@ def per_set(run: Path) -> dict[int, tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path,
-                   help="pairs of runs with eval-s* folders: a baseline, then the run compared with it")
+                   help="pairs of runs with eval-s* folders (or per-set JSON files): a baseline, then the run "
+                   "compared with it")
     p.add_argument("--first", type=int, default=None, help="only sets >= FIRST")
     p.add_argument("--sets", type=int, default=None, help="only sets first..first+SETS-1")
     args = p.parse_args(argv)

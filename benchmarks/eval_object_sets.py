@@ -76,6 +76,7 @@ def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": k / n,
         "wilson95": list(wilson_interval(k, n)),
         "per_set": {str(r["seed"]): r["success_rate"] for r in results},
+        "per_set_counts": {str(r["seed"]): [r["successes"], r["attempts"]] for r in results},
         "failures": failures,
         "checks": checks,
         "closings_within_30": within,
